@@ -1,0 +1,3 @@
+"""Face-recognition access control for edge devices."""
+
+__version__ = "0.1.0"
