@@ -1,0 +1,45 @@
+# One entry point for people and CI. `make demo` sets up everything and runs the door daemon on
+# demo input; `make test` runs the test suite (building the models first when needed).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MODELS ?= models
+
+.PHONY: setup system-packages models test lint demo bench clean-models device-size
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[tools,test]"
+	touch $@
+
+setup: system-packages $(VENV)/.installed
+
+# Mosquitto is the MQTT broker the tests start (and the demo publishes to).
+system-packages:
+	@command -v mosquitto >/dev/null 2>&1 || /usr/sbin/mosquitto -h >/dev/null 2>&1 || { \
+	  echo "installing mosquitto"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto; }
+
+models: $(VENV)/.installed
+	$(PY) -m tools.build_models --out $(MODELS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+
+test: setup models lint
+	$(PY) -m pytest
+
+demo: setup models
+	$(PY) -m edge.daemon --demo
+
+bench: setup models
+	$(PY) -m bench.run_all
+
+device-size:
+	$(PYTHON) bench/device_install_size.py
+
+clean-models:
+	rm -rf $(MODELS)
