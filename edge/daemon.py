@@ -1,0 +1,469 @@
+"""The door daemon: camera -> recognizer -> decision -> relay + MQTT events, supervised by systemd.
+
+`python -m edge.daemon --config config.yaml` (console script `edge-face-daemon`). `--demo` runs it on
+a fresh machine: a looping folder of real face photos, a demo gallery with one person enrolled,
+MQTT to the configured broker when reachable (events queued on disk and logged otherwise) and
+gpiozero's mock pins when no GPIO exists.
+
+The recognizer is injected (`recognizer_factory(config)`), so the decision/MQTT/relay/command
+parts run and are tested without models, and the same daemon runs the real pipeline.
+SIGTERM/SIGINT: lock, publish `offline`, keep the queue on disk, exit 0. SIGHUP: re-read the config
+and rebuild the recognizer (gallery, model, decision and unlock settings; other sections need a restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from edge import sd_notify
+from edge.camera import Camera, FrameSource, make_source
+from edge.commands import CommandRejected, CommandVerifier
+from edge.config import Config, load_config
+from edge.decision import Decision, DecisionEngine, Observation
+from edge.errors import ConfigError, EdgeError
+from edge.event_queue import EventQueue
+from edge.events import Topics, door_event, face_event, status_event, utc_now_iso
+from edge.mqtt_client import MqttLink
+from edge.relay import DoorContact, DoorRelay, choose_pin_factory
+
+log = logging.getLogger("edge.daemon")
+
+
+class RecognitionLike(Protocol):
+    box: tuple[float, float, float, float]
+    name: str | None
+    distance: float
+
+
+class RecognizerLike(Protocol):
+    def recognize(self, image: np.ndarray) -> list[Any]: ...
+
+
+RecognizerFactory = Callable[[Config], RecognizerLike]
+
+
+def default_recognizer(config: Config) -> RecognizerLike:
+    """The real pipeline: MTCNN + FaceNet on LiteRT + the SQLite gallery."""
+    from edge.recognizer import Recognizer
+
+    return Recognizer.from_paths(config.model.path, config.gallery.path, mtcnn_dir=config.model.mtcnn_dir,
+                                 threads=config.model.threads, min_face_size=config.model.min_face_size,
+                                 threshold=config.model.threshold)
+
+
+def model_id_of(recognizer: Any) -> str:
+    embedder = getattr(recognizer, "embedder", None)
+    return str(getattr(embedder, "model_id", None) or getattr(recognizer, "model_id", None) or "unknown")
+
+
+class MotionGate:
+    """Skips detection while the view is unchanged and the last analysed frame had no face."""
+
+    def __init__(self, threshold: float, idle_check_s: float) -> None:
+        self.threshold = threshold
+        self.idle_check_s = idle_check_s
+        self._reference: np.ndarray | None = None
+        self._last = -1e9
+
+    @staticmethod
+    def thumbnail(image: np.ndarray) -> np.ndarray:
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        return cv2.resize(grey, (64, 48), interpolation=cv2.INTER_AREA).astype(np.int16)
+
+    def should_analyse(self, image: np.ndarray, now: float, had_faces: bool) -> bool:
+        thumb = self.thumbnail(image)
+        changed = self._reference is None or float(np.abs(thumb - self._reference).mean()) > self.threshold
+        if changed or had_faces or now - self._last >= self.idle_check_s:
+            self._reference = thumb
+            self._last = now
+            return True
+        return False
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class Daemon:
+    """Owns the camera thread, the MQTT link, the relay and the decision engine."""
+
+    def __init__(self, config: Config, recognizer_factory: RecognizerFactory = default_recognizer, *,
+                 config_path: str | Path | None = None, pin_factory: Any = None,
+                 source_factory: Callable[[], FrameSource] | None = None, echo: bool = False) -> None:
+        self.config = config
+        self.config_path = Path(config_path) if config_path else None
+        self.recognizer_factory = recognizer_factory
+        self.echo = echo
+        self.topics = Topics(config.mqtt.topic_prefix, config.device_id)
+        self.engine = DecisionEngine.from_config(config.decision)
+        self.gate = MotionGate(config.camera.motion_threshold, config.camera.idle_check_s)
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=200)
+        self.stats = {"frames_analysed": 0, "frames_skipped": 0, "recognize_errors": 0, "unlocks": 0,
+                      "commands_accepted": 0, "commands_rejected": 0}
+        self._analyse_ms: deque[float] = deque(maxlen=50)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._reload_gallery = threading.Event()
+        self._had_faces = False
+        self._door_state = "unknown"
+        self._started = time.monotonic()
+        self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
+
+        self.queue = EventQueue(config.queue.path, config.queue.max_events)
+        self.verifier: CommandVerifier | None = None
+        if config.commands.enabled:
+            self.verifier = CommandVerifier(config.command_secret(), config.device_id, config.commands.max_age_s,
+                                            config.commands.nonce_path, config.commands.max_unlock_s)
+        self.mqtt = MqttLink(config.mqtt, config.device_id, self.queue,
+                             on_command=self.handle_command if self.verifier else None)
+        factory = pin_factory if pin_factory is not None else choose_pin_factory(config.relay.mock)
+        self.relay: DoorRelay | None = None
+        if config.relay.enabled:
+            self.relay = DoorRelay(config.relay, pin_factory=factory, on_change=self._relay_changed)
+        self.contact: DoorContact | None = None
+        if config.door_contact.enabled:
+            self.contact = DoorContact(config.door_contact, self._contact_changed, pin_factory=factory)
+            self._door_state = self.contact.state
+        self.recognizer = recognizer_factory(config)
+        self.model_id = model_id_of(self.recognizer)
+        cam = config.camera
+        self.camera = Camera(source_factory or (lambda: make_source(cam)), cam.retry_s, cam.retry_max_s,
+                             on_status=self._camera_status)
+
+    # --- outputs ---------------------------------------------------------------------------------------
+
+    def emit(self, topic: str, event: dict[str, Any], retain: bool = False, durable: bool = True) -> None:
+        """Log an event and hand it to MQTT (queued on disk when durable)."""
+        self.recent_events.append(event)
+        if event["type"] != "health":
+            log.info("event %s %s", topic.rsplit("/", 1)[-1], {k: v for k, v in event.items() if k not in ("id",)})
+        self.mqtt.publish(topic, event, retain=retain, durable=durable)
+
+    def _status(self, state: str, detail: str = "", **fields: Any) -> None:
+        self.emit(self.topics.status, status_event(self.config.device_id, self.config.camera.name, state, detail,
+                                                   **fields))
+
+    def _camera_status(self, state: str, detail: str) -> None:
+        self._status(state, detail)
+
+    def _door(self, reason: str) -> None:
+        lock = "unlocked" if self.relay is not None and self.relay.unlocked else "locked"
+        self.emit(self.topics.door, door_event(self.config.device_id, lock, self._door_state, reason), retain=True)
+
+    def _relay_changed(self, unlocked: bool, reason: str) -> None:
+        self._door(reason)
+
+    def _contact_changed(self, state: str) -> None:
+        if state == "held_open":
+            log.warning("door held open longer than %.0f s", self.config.door_contact.held_open_s)
+            self._door_state = "held_open"
+        else:
+            self._door_state = state
+        self._door(f"door {state}")
+
+    # --- commands ------------------------------------------------------------------------------------------
+
+    def handle_command(self, raw: bytes) -> None:
+        """Verify and run a remote command; anything wrong is logged, reported and ignored."""
+        assert self.verifier is not None
+        try:
+            command = self.verifier.verify(raw)
+        except CommandRejected as exc:
+            self.stats["commands_rejected"] += 1
+            log.warning("command rejected: %s", exc)
+            self._status("command_rejected", str(exc))
+            return
+        self.stats["commands_accepted"] += 1
+        log.info("command accepted: %s %s", command.name, command.args)
+        if command.name == "unlock":
+            if self.relay is not None:
+                self.relay.unlock(command.args.get("duration_s"), reason="remote command")
+                self.stats["unlocks"] += 1
+            self._status("command_done", "unlock", nonce=command.nonce)
+        elif command.name == "reload":
+            self._reload_gallery.set()
+            self._status("command_done", "reload", nonce=command.nonce)
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "") -> None:
+        """Lock first, then let the main loop wind down (safe from a signal handler)."""
+        if self.relay is not None:
+            self.relay.lock(reason or "stop")
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    def _rebuild_recognizer(self, config: Config) -> bool:
+        try:
+            recognizer = self.recognizer_factory(config)
+        except Exception as exc:
+            log.error("reload failed, keeping the previous gallery and model: %s", exc)
+            self._status("reload_failed", str(exc))
+            return False
+        self.recognizer = recognizer
+        self.model_id = model_id_of(recognizer)
+        self.engine.reset()
+        return True
+
+    def _do_reload(self) -> None:
+        self._reload.clear()
+        if self.config_path is None:
+            new = self.config
+        else:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error("SIGHUP: new config refused, keeping the running one: %s", exc)
+                self._status("reload_failed", str(exc))
+                return
+        restart_needed = [name for name in ("device_id", "camera", "mqtt", "queue", "commands", "door_contact")
+                          if getattr(new, name) != getattr(self.config, name)]
+        if new.relay.pin != self.config.relay.pin or new.relay.active_high != self.config.relay.active_high:
+            restart_needed.append("relay")
+        if restart_needed:
+            log.warning("SIGHUP: changes to %s take effect after a restart", ", ".join(restart_needed))
+        applied = replace(self.config, model=new.model, gallery=new.gallery, decision=new.decision,
+                          health=new.health, logging=new.logging,
+                          relay=replace(self.config.relay, unlock_s=new.relay.unlock_s))
+        if self._rebuild_recognizer(applied):
+            self.config = applied
+            self.engine = DecisionEngine.from_config(applied.decision)
+            if self.relay is not None:
+                self.relay.config = applied.relay
+            logging.getLogger().setLevel(applied.logging.level)
+            self._status("reloaded", "config and gallery reloaded")
+
+    def start(self) -> None:
+        self.mqtt.start()
+        self._status("started", f"model {self.model_id}")
+        self._door("startup")
+        self.camera.start()
+
+    def process(self, image: np.ndarray, frame_time: str | None = None) -> list[Decision]:
+        """Recognize one frame, vote, and act on the decisions."""
+        started = time.monotonic()
+        recognitions = self.recognizer.recognize(image)
+        self._analyse_ms.append((time.monotonic() - started) * 1000)
+        self.stats["frames_analysed"] += 1
+        self._had_faces = bool(recognitions)
+        observations = [Observation(r.name, float(r.distance), tuple(float(v) for v in r.box)) for r in recognitions]
+        tz = None
+        if self.config.decision.timezone:
+            from zoneinfo import ZoneInfo
+
+            tz = ZoneInfo(self.config.decision.timezone)
+        decisions = self.engine.update(time.monotonic(), datetime.now(tz).astimezone(tz), observations)
+        for decision in decisions:
+            self._act(decision, frame_time)
+        return decisions
+
+    def _act(self, decision: Decision, frame_time: str | None) -> None:
+        unlock_s = self.config.relay.unlock_s if self.relay is not None else None
+        if decision.action == "unlock" and self.relay is not None:
+            self.relay.unlock(reason=f"recognized {decision.name}")  # the door first, the message second
+            self.stats["unlocks"] += 1
+        event = face_event(decision, self.config.device_id, self.config.camera.name, self.model_id, frame_time,
+                           unlock_s)
+        self.emit(self.topics.for_decision(decision), event)
+        who = decision.name or "unknown person"
+        line = (f"{event['time']} {event['type'].upper():10s} {who} distance {decision.distance:.3f} "
+                f"votes {decision.votes}/{decision.frames} (need {decision.required})")
+        if decision.action == "unlock":
+            line += f" -> door unlocked for {unlock_s} s" if unlock_s else " (relay disabled)"
+        if self.echo:
+            print(line, flush=True)
+
+    def health(self) -> dict[str, Any]:
+        now = time.monotonic()
+        cpu = sum(os.times()[:2])
+        mark_t, mark_cpu = self._cpu_mark
+        self._cpu_mark = (now, cpu)
+        ms = sorted(self._analyse_ms)
+        return {"uptime_s": round(now - self._started, 1), "camera_ok": self.camera.ok,
+                "frames_read": self.camera.frames_read, **self.stats,
+                "analyse_ms_median": round(ms[len(ms) // 2], 1) if ms else None,
+                "mqtt_connected": self.mqtt.connected.is_set(), "queue_depth": len(self.queue),
+                "queue_dropped": self.queue.dropped, "rss_mb": round(_rss_mb(), 1),
+                "cpu_percent": round(100 * (cpu - mark_cpu) / max(now - mark_t, 1e-6), 1),
+                "model_id": self.model_id, "door": self._door_state,
+                "lock": "unlocked" if self.relay is not None and self.relay.unlocked else "locked"}
+
+    def run(self) -> int:
+        """Main loop until stopped; returns the exit status."""
+        self.start()
+        sd_notify.ready(f"watching {self.config.camera.source}")
+        wd_interval = sd_notify.watchdog_interval()
+        next_wd = next_health = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if wd_interval is not None and now >= next_wd:
+                    sd_notify.watchdog()
+                    next_wd = now + wd_interval
+                if now >= next_health:
+                    h = self.health()
+                    self.emit(self.topics.health, {**status_event(self.config.device_id, self.config.camera.name,
+                                                                  "health"), "type": "health", **h}, durable=False)
+                    next_health = now + self.config.health.interval_s
+                if self._reload.is_set():
+                    self._do_reload()
+                if self._reload_gallery.is_set():
+                    self._reload_gallery.clear()
+                    if self._rebuild_recognizer(self.config):
+                        self._status("reloaded", "gallery reloaded")
+                frame = self.camera.latest(timeout=0.1)
+                if frame is None:
+                    continue
+                if not self.gate.should_analyse(frame.image, time.monotonic(), self._had_faces):
+                    self.stats["frames_skipped"] += 1
+                    continue
+                try:
+                    self.process(frame.image, utc_now_iso())
+                except EdgeError as exc:
+                    self.stats["recognize_errors"] += 1
+                    log.warning("frame %d not analysed: %s", frame.seq, exc)
+                except Exception:
+                    self.stats["recognize_errors"] += 1
+                    log.exception("frame %d: recognition failed", frame.seq)
+                    if self.relay is not None:
+                        self.relay.lock("error")
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Locked relay, `offline` published, undelivered events left in the on-disk queue."""
+        sd_notify.stopping()
+        if self.relay is not None:
+            self.relay.lock("shutdown")
+        self.camera.stop()
+        if self.relay is not None:
+            self.relay.close()
+        if self.contact is not None:
+            self.contact.close()
+        self._status("stopping", f"{len(self.queue)} event(s) left in the queue")
+        self.mqtt.stop(flush_s=2.0)
+        log.info("stopped; %d event(s) kept in %s", len(self.queue), self.queue.path)
+        self.queue.close()
+
+
+# --- demo ------------------------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_PERSON = "Barack_Obama"
+
+
+def _demo_photos() -> tuple[Path, list[Path]]:
+    """(enrollment photo, frames to show): ../shared/faces, else the face_recognition test images."""
+    shared = REPO.parent / "shared" / "faces"
+    obama = shared / "people" / "Barack_Obama"
+    if obama.is_dir() and (shared / "people" / "Joe_Biden").is_dir():
+        photos = sorted(obama.glob("*.jpg"))
+        biden = sorted((shared / "people" / "Joe_Biden").glob("*.jpg"))
+        empty = sorted((shared / "noface").glob("*"))[:1]
+        return photos[0], [*empty, photos[1], *biden[:1], *empty, photos[2 % len(photos)]]
+    cache = Path(os.environ.get("EDGE_FACE_CACHE", Path.home() / ".cache" / "edge-face"))
+    fr = cache / "face_recognition_test_images"
+    names = ["obama.jpg", "obama2.jpg", "biden.jpg", "obama3.jpg"]
+    if all((fr / n).is_file() for n in names):
+        return fr / "obama.jpg", [fr / "obama2.jpg", fr / "biden.jpg", fr / "obama3.jpg"]
+    raise ConfigError(f"--demo needs face photos: {shared}/people or {fr} (run the tests once to fetch them)")
+
+
+def prepare_demo(config: Config, state_dir: Path) -> Config:
+    """A demo state dir: frame folder (links to real photos), gallery with the demo person enrolled."""
+    from edge.gallery import Gallery
+    from edge.images import load_image
+
+    enroll, frames = _demo_photos()
+    frame_dir = state_dir / "frames"
+    frame_dir.mkdir(parents=True, exist_ok=True)
+    for old in frame_dir.iterdir():
+        old.unlink()
+    for i, photo in enumerate(frames):
+        (frame_dir / f"{i:02d}_{photo.parent.name}_{photo.name}").symlink_to(photo.resolve())
+    demo = replace(
+        config,
+        camera=replace(config.camera, source=str(frame_dir), loop=True, image_hold_s=2.0, fps=5.0),
+        gallery=replace(config.gallery, path=str(state_dir / "gallery.db")),
+        queue=replace(config.queue, path=str(state_dir / "events.db")),
+        commands=replace(config.commands, nonce_path=str(state_dir / "nonces.json")),
+        decision=replace(config.decision, cooldown_s=min(config.decision.cooldown_s, 6.0),
+                         unknown_interval_s=min(config.decision.unknown_interval_s, 6.0)),
+    )
+    recognizer = default_recognizer(demo)
+    gallery = Gallery(demo.gallery.path, model_id_of(recognizer))
+    if DEMO_PERSON not in gallery.people():
+        image = load_image(enroll)
+        faces = recognizer.recognize(image)
+        if not faces:
+            raise ConfigError(f"demo enrollment photo {enroll} shows no face")
+        largest = max(faces, key=lambda r: r.box[2] * r.box[3])
+        digest = hashlib.sha256(enroll.read_bytes()).hexdigest()
+        gallery.add(DEMO_PERSON, np.asarray(largest.embedding, dtype=np.float32)[None, :], [digest], [str(enroll)])
+        print(f"demo: enrolled {DEMO_PERSON} from {enroll}", flush=True)
+    print(f"demo: showing {len(frames)} photos in a loop from {frame_dir}; MQTT {demo.mqtt.host}:{demo.mqtt.port}, "
+          f"topics {Topics(demo.mqtt.topic_prefix, demo.device_id).base}/#", flush=True)
+    return demo
+
+
+# --- entry point ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Face-recognition door daemon.")
+    parser.add_argument("--config", default="config.yaml", help="YAML config (see config.yaml for every option)")
+    parser.add_argument("--demo", action="store_true", help="run on demo photos with a demo gallery (see docs)")
+    parser.add_argument("--demo-dir", default="var/demo", help="state folder for --demo")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=config.logging.level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.check_config:
+        print(f"{args.config}: OK")
+        return 0
+    try:
+        if args.demo:
+            config = prepare_demo(config, Path(args.demo_dir).resolve())
+        daemon = Daemon(config, config_path=None if args.demo else args.config, echo=True)
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop("SIGINT"))
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    return daemon.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
