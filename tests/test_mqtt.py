@@ -18,8 +18,8 @@ from edge.mqtt_client import MqttLink
 DEVICE = "door-t"
 
 
-def make_link(broker: Broker, tmp_path: Path, max_events: int = 1000, on_command=None) -> MqttLink:
-    config = MqttConfig(host=broker.host, port=broker.port, topic_prefix="test", reconnect_min_s=1.0,
+def make_link(server: Broker, tmp_path: Path, max_events: int = 1000, on_command=None) -> MqttLink:
+    config = MqttConfig(host=server.host, port=server.port, topic_prefix="test", reconnect_min_s=1.0,
                         reconnect_max_s=1.0, keepalive_s=5)
     return MqttLink(config, DEVICE, EventQueue(tmp_path / "queue.db", max_events), on_command=on_command)
 
