@@ -1,0 +1,371 @@
+"""The daemon end to end: a real Mosquitto broker, gpiozero mock pins, real photos, the real pipeline.
+
+Tests about faces use the real recognizer (fixtures `facenet_model`, `mtcnn_dir`, `fr_images`): obama.jpg is
+enrolled, obama2/obama3 must open the door, biden is a stranger. Tests about the camera, commands and
+signals show blank frames, where the recognizer has nothing to find.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import paho.mqtt.publish as mqtt_publish
+import pytest
+import yaml
+from gpiozero.pins.mock import MockFactory
+from mosquitto import Broker, Subscriber, broker  # noqa: F401  (fixture)
+from test_relay import PinRecorder
+
+from edge import daemon as daemon_module
+from edge.commands import sign_command
+from edge.config import Config, config_from_dict
+from edge.daemon import Daemon, default_recognizer
+from edge.events import Topics
+
+REPO = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-0123456789"
+DEVICE = "door-t"
+EVENT_KEYS = {"id", "type", "time", "device", "camera", "person", "distance", "votes", "box", "model_id"}
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+
+
+def blank_frames(folder: Path, count: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        image = np.full((240, 320, 3), 90, np.uint8)
+        cv2.imwrite(str(folder / f"{i:02d}_blank.png"), image)
+    return folder
+
+
+def scene(folder: Path, photos: list[Path]) -> Path:
+    """A frame folder: a blank image first (empty hallway), then links to the given photos."""
+    blank_frames(folder, 1)
+    for i, photo in enumerate(photos, start=1):
+        (folder / f"{i:02d}_{photo.name}").symlink_to(photo)
+    return folder
+
+
+def make_config(tmp_path: Path, server: Broker, frames: Path, **sections: dict[str, Any]) -> Config:
+    data: dict[str, Any] = {
+        "device_id": DEVICE,
+        "camera": {"source": str(frames), "fps": 10.0, "image_hold_s": 1.0, "retry_s": 0.3, "retry_max_s": 1.0},
+        "mqtt": {"host": server.host, "port": server.port, "topic_prefix": "test", "reconnect_min_s": 1.0,
+                 "reconnect_max_s": 1.0},
+        "queue": {"path": str(tmp_path / "events.db")},
+        "gallery": {"path": str(tmp_path / "gallery.db")},
+        "relay": {"pin": 17, "unlock_s": 0.5, "mock": "always"},
+        "health": {"interval_s": 3600.0},
+        "commands": {"nonce_path": str(tmp_path / "nonces.json")},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return config_from_dict(data)
+
+
+class BlankScene:
+    """For tests about the camera, commands and signals: counts the frames it is asked to analyse."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def recognize(self, image: np.ndarray) -> list[Any]:
+        self.calls += 1
+        return []
+
+
+class Running:
+    """A daemon running in a background thread."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.status: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.status = self.daemon.run()
+
+    def stop(self) -> None:
+        self.daemon.request_stop("test")
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+    def wait(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in list(self.daemon.recent_events) if e["type"] == kind]
+
+
+@pytest.fixture
+def pins() -> Iterator[MockFactory]:
+    factory = MockFactory()
+    yield factory
+    factory.reset()
+
+
+@pytest.fixture(scope="session")
+def enrolled_gallery(facenet_model: Path, mtcnn_dir: Path, fr_images: dict[str, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A gallery with obama.jpg enrolled as 'obama' by the real pipeline."""
+    from edge import gallery as gallery_module
+    from edge import recognizer as recognizer_module
+    from edge.images import load_image
+
+    Gallery, Recognizer = gallery_module.Gallery, recognizer_module.Recognizer
+
+    path = tmp_path_factory.mktemp("gallery") / "gallery.db"
+    recognizer = Recognizer.from_paths(facenet_model, None, mtcnn_dir=mtcnn_dir, min_face_size=20)
+    faces = recognizer.recognize(load_image(fr_images["obama"]))
+    assert len(faces) == 1
+    gallery = Gallery(path, recognizer.embedder.model_id)
+    digest = hashlib.sha256(fr_images["obama"].read_bytes()).hexdigest()
+    gallery.add("obama", faces[0].embedding[None, :].astype(np.float32), [digest], [str(fr_images["obama"])])
+    gallery.close()
+    return path
+
+
+@pytest.fixture
+def real_config(tmp_path: Path, broker: Broker, facenet_model: Path, mtcnn_dir: Path,  # noqa: F811
+                enrolled_gallery: Path) -> Callable[..., Config]:
+    def build(frames: Path, **sections: dict[str, Any]) -> Config:
+        sections.setdefault("model", {}).update({"path": str(facenet_model), "mtcnn_dir": str(mtcnn_dir),
+                                                 "min_face_size": 20, "threads": 1})
+        sections.setdefault("gallery", {}).update({"path": str(enrolled_gallery)})
+        return make_config(tmp_path, broker, frames, **sections)
+
+    return build
+
+
+# --- faces: the real pipeline --------------------------------------------------------------------------------
+
+
+def test_enrolled_person_gives_one_event_and_one_pulse(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+                                                       fr_images: dict[str, Path], real_config) -> None:
+    frames = scene(tmp_path / "frames", [fr_images["obama2"]])
+    config = real_config(frames, camera={"image_hold_s": 4.0})
+    sub = Subscriber(broker, "test/#")
+    daemon = Daemon(config, default_recognizer, pin_factory=pins)
+    recorder = PinRecorder(pins.pin(17))
+    running = Running(daemon)
+    try:
+        assert running.wait(lambda: daemon.camera.ended, timeout=60), "the scene never ended"
+        time.sleep(1.0)  # let the last pulse finish
+    finally:
+        running.stop()
+        recorder.close()
+    recognized = [json.loads(p) for p in sub.on("/event/recognized")]
+    assert len(recognized) == 1, recognized
+    event = recognized[0]
+    assert set(event) >= EVENT_KEYS
+    assert event["person"] == "obama" and event["device"] == DEVICE and event["camera"] == "door"
+    assert 0 <= event["distance"] <= 1.3
+    assert event["votes"]["count"] >= 2 and event["votes"]["required"] == 2 and event["votes"]["frames"] <= 3
+    assert set(event["box"]) == {"x", "y", "w", "h"} and event["box"]["w"] > 20
+    assert event["model_id"] == daemon.model_id and event["model_id"].startswith("facenet")
+    assert event["time"].endswith("Z")
+    pulses = recorder.pulses()
+    assert len(pulses) == 1 and 0.45 <= pulses[0] <= 0.7, pulses
+    assert pins.pin(17).state == 0
+    sub.close()
+
+
+def test_stranger_gives_unknown_and_never_energizes(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+                                                    fr_images: dict[str, Path], real_config) -> None:
+    frames = scene(tmp_path / "frames", [fr_images["biden"]])
+    config = real_config(frames, camera={"image_hold_s": 4.0})
+    sub = Subscriber(broker, "test/#")
+    daemon = Daemon(config, default_recognizer, pin_factory=pins)
+    recorder = PinRecorder(pins.pin(17))
+    running = Running(daemon)
+    try:
+        assert running.wait(lambda: daemon.camera.ended, timeout=60)
+    finally:
+        running.stop()
+        recorder.close()
+    assert sub.wait_for(lambda m: any(t.endswith("/event/unknown") for _, t, _, _ in m), timeout=10)
+    unknown = [json.loads(p) for p in sub.on("/event/unknown")]
+    assert len(unknown) == 1 and unknown[0]["person"] is None and unknown[0]["distance"] > 0
+    assert sub.on("/event/recognized") == []
+    assert [state for _, state in recorder.changes if state == 1] == []
+    sub.close()
+
+
+def test_broker_outage_while_people_pass(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+                                         fr_images: dict[str, Path], real_config) -> None:
+    frames = scene(tmp_path / "frames", [fr_images["obama2"], fr_images["biden"], fr_images["obama3"]])
+    config = real_config(frames, camera={"image_hold_s": 2.5, "loop": True},
+                         decision={"cooldown_s": 3.0, "unknown_interval_s": 3.0})
+    sub = Subscriber(broker, "test/#", client_id="outage-sub")  # persistent session survives the restart
+    broker.stop()
+    daemon = Daemon(config, default_recognizer, pin_factory=pins)
+    running = Running(daemon)
+    try:
+        assert running.wait(lambda: len(running.events("recognized")) >= 2 and len(running.events("unknown")) >= 1,
+                            timeout=90), "people passed unrecognized"
+        assert len(daemon.queue) > 0 and not daemon.mqtt.connected.is_set()
+        broker.start()
+        assert running.wait(lambda: daemon.mqtt.connected.is_set() and len(daemon.queue) == 0, timeout=30)
+    finally:
+        running.stop()
+    durable = [e["id"] for e in daemon.recent_events if e["type"] != "health"]
+    assert sub.wait_for(lambda m: set(durable) <= {json.loads(p).get("id") for _, _, p, _ in m
+                                                   if p not in (b"online", b"offline")}, timeout=30)
+    received = [json.loads(p)["id"] for _, t, p, _ in sub.messages if not t.endswith("availability")]
+    seen: set[str] = set()
+    ordered = [i for i in received if i in durable and not (i in seen or seen.add(i))]
+    assert ordered == durable
+    sub.close()
+
+
+def test_sigterm_during_unlock_locks_before_exit(tmp_path: Path, broker: Broker, real_config) -> None:  # noqa: F811
+    frames = blank_frames(tmp_path / "frames")
+    config = real_config(frames, relay={"unlock_s": 30.0}, commands={"enabled": True, "secret": SECRET},
+                         camera={"loop": True})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_as_dict(config)))
+    sub = Subscriber(broker, "test/#")
+    proc = subprocess.Popen([sys.executable, "-m", "edge.daemon", "--config", str(path)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert sub.wait_for(lambda m: any(p == b"online" for _, _, p, _ in m), timeout=60), "daemon never connected"
+        time.sleep(0.5)
+        command = sign_command(SECRET.encode(), DEVICE, "unlock", {"duration_s": 25})
+        mqtt_publish.single(Topics("test", DEVICE).command, command, qos=1, hostname=broker.host, port=broker.port)
+        assert sub.wait_for(lambda m: any(json.loads(p).get("lock") == "unlocked" for _, t, p, _ in m
+                                          if t.endswith("/door")), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    output = proc.stdout.read() if proc.stdout else ""
+    door = [json.loads(p) for p in sub.on("/door")]
+    assert door[-1]["lock"] == "locked" and door[-1]["reason"] == "SIGTERM", (door, output)
+    assert sub.wait_for(lambda m: m[-1][2] == b"offline", timeout=10)
+    sub.close()
+
+
+def _as_dict(config: Config) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+# --- camera, commands, systemd: blank frames -----------------------------------------------------------------
+
+
+def test_camera_failure_reports_retries_and_recovers(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:  # noqa: F811
+    frames = blank_frames(tmp_path / "frames")
+    config = make_config(tmp_path, broker, frames, camera={"loop": True})
+    sub = Subscriber(broker, "test/#")
+    scene_recognizer = BlankScene()
+    daemon = Daemon(config, lambda c: scene_recognizer, pin_factory=pins)
+    running = Running(daemon)
+    moved = tmp_path / "unplugged"
+    try:
+        assert running.wait(lambda: daemon.camera.ok, timeout=20)
+        frames.rename(moved)  # the camera goes away
+        assert running.wait(lambda: daemon.camera.failures >= 2, timeout=20), "no retries"
+        moved.rename(frames)  # and comes back
+        assert running.wait(lambda: daemon.camera.ok, timeout=20), "no recovery"
+        time.sleep(3.0)
+        read_before = daemon.camera.frames_read
+    finally:
+        running.stop()
+    states = [json.loads(p)["state"] for p in sub.on("/status")]
+    first_error = states.index("camera_error")
+    assert states[:first_error].count("camera_ok") == 1
+    assert "camera_ok" in states[first_error:], states
+    # The scene never changes: the motion gate lets through only the periodic re-checks.
+    assert scene_recognizer.calls < read_before / 3, (scene_recognizer.calls, read_before)
+    sub.close()
+
+
+def test_commands_only_a_valid_signed_unlock_opens_once(tmp_path: Path, broker: Broker,  # noqa: F811
+                                                        pins: MockFactory) -> None:
+    frames = blank_frames(tmp_path / "frames")
+    config = make_config(tmp_path, broker, frames, camera={"loop": True},
+                         commands={"enabled": True, "secret": SECRET, "max_age_s": 30.0},
+                         relay={"unlock_s": 0.4})
+    sub = Subscriber(broker, "test/#")
+    daemon = Daemon(config, lambda c: BlankScene(), pin_factory=pins)
+    recorder = PinRecorder(pins.pin(17))
+    running = Running(daemon)
+    topic = Topics("test", DEVICE).command
+    valid = sign_command(SECRET.encode(), DEVICE, "unlock", {"duration_s": 0.4})
+    bad = [
+        b"\x00garbage",
+        json.dumps({"payload": json.loads(valid)["payload"]}).encode(),  # unsigned
+        sign_command(SECRET.encode(), DEVICE, "unlock", ts=time.time() - 120),  # stale
+        sign_command(b"wrong-secret-000000000", DEVICE, "unlock"),
+    ]
+    try:
+        assert running.wait(lambda: daemon.mqtt.connected.is_set(), timeout=20)
+        time.sleep(0.3)
+        for raw in bad:
+            mqtt_publish.single(topic, raw, qos=1, hostname=broker.host, port=broker.port)
+        mqtt_publish.single(topic, valid, qos=1, hostname=broker.host, port=broker.port)
+        assert running.wait(lambda: daemon.stats["commands_accepted"] == 1, timeout=10)
+        time.sleep(0.8)
+        mqtt_publish.single(topic, valid, qos=1, hostname=broker.host, port=broker.port)  # replayed
+        assert running.wait(lambda: daemon.stats["commands_rejected"] == 5, timeout=10)
+        time.sleep(0.6)
+        assert pins.pin(17).state == 0
+    finally:
+        running.stop()
+        recorder.close()
+    assert len(recorder.pulses()) == 1
+    reasons = [json.loads(p)["detail"] for p in sub.on("/status") if json.loads(p)["state"] == "command_rejected"]
+    assert len(reasons) == 5
+    for word in ("not JSON", "unsigned", "stale", "bad signature", "replayed"):
+        assert any(word in r for r in reasons), (word, reasons)
+    sub.close()
+
+
+def test_notifies_systemd_ready_and_watchdog(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    sock_path = tmp_path / "notify.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(sock_path))
+    server.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    config = make_config(tmp_path, broker, blank_frames(tmp_path / "frames"), camera={"loop": True})
+    running = Running(Daemon(config, lambda c: BlankScene(), pin_factory=pins))
+    messages = []
+    try:
+        while len([m for m in messages if m == "WATCHDOG=1"]) < 3:
+            messages.append(server.recv(4096).decode())
+    finally:
+        running.stop()
+        server.close()
+    assert messages[0].startswith("READY=1")
+
+
+def test_bad_config_exits_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("relay:\n  pin: 17\n  unlock_s: soon\n")
+    assert daemon_module.main(["--config", str(bad)]) == 2
+    assert "relay.unlock_s: must be a number, got 'soon'" in capsys.readouterr().err
