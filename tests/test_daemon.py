@@ -369,3 +369,20 @@ def test_bad_config_exits_naming_the_key(tmp_path: Path, capsys: pytest.CaptureF
     bad.write_text("relay:\n  pin: 17\n  unlock_s: soon\n")
     assert daemon_module.main(["--config", str(bad)]) == 2
     assert "relay.unlock_s: must be a number, got 'soon'" in capsys.readouterr().err
+
+
+def test_systemd_unit_verifies_clean(tmp_path: Path) -> None:
+    import shutil
+
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        pytest.skip("systemd-analyze is not installed here; the unit is checked on the Pi by install.sh")
+    unit = (REPO / "systemd" / "edge-face.service").read_text()
+    assert "Type=notify" in unit and "WatchdogSec=" in unit and "StateDirectory=edge-face" in unit
+    # ExecStart must point at an existing interpreter for `verify`; everything else is checked as shipped.
+    local = unit.replace("/opt/edge-face/.venv/bin/python", sys.executable).replace("/opt/edge-face", str(REPO))
+    path = tmp_path / "edge-face.service"
+    path.write_text(local)
+    result = subprocess.run([tool, "verify", str(path)], capture_output=True, text=True, timeout=60)
+    complaints = [line for line in (result.stdout + result.stderr).splitlines() if "edge-face.service" in line]
+    assert result.returncode == 0 and complaints == [], complaints
