@@ -41,10 +41,16 @@ class FrameSource(Protocol):
 
 
 class ImageFolderSource:
-    """A folder of images shown in name order, each for `hold_s` seconds, at `fps` frames per second."""
+    """A folder of images shown in name order, each for `hold_s` seconds, at `fps` frames per second.
 
-    def __init__(self, folder: str | Path, fps: float = 10.0, hold_s: float = 1.0, loop: bool = False) -> None:
+    With `fit` (width, height) each image is scaled down to fit inside it, as a camera of that size would
+    deliver it (photos can be many megapixels).
+    """
+
+    def __init__(self, folder: str | Path, fps: float = 10.0, hold_s: float = 1.0, loop: bool = False,
+                 fit: tuple[int, int] | None = None) -> None:
         self.folder = Path(folder)
+        self.fit = fit
         self.name = str(self.folder)
         self.fps, self.hold_s, self.loop = fps, hold_s, loop
         self._files: list[Path] = []
@@ -76,9 +82,15 @@ class ImageFolderSource:
             index %= len(self._files)
         if self._cache is None or self._cache[0] != index:
             try:
-                self._cache = (index, load_image(self._files[index]))
+                image = load_image(self._files[index])
             except ImageError as exc:
                 raise CameraError(f"camera.source: {exc}") from None
+            if self.fit is not None:
+                scale = min(self.fit[0] / image.shape[1], self.fit[1] / image.shape[0])
+                if scale < 1:
+                    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+                    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            self._cache = (index, image)
         return self._cache[1].copy()
 
     def close(self) -> None:
@@ -190,7 +202,8 @@ def make_source(config: CameraConfig) -> FrameSource:
         if source == "picamera2":
             return Picamera2Source(config.width, config.height)
         if Path(source).is_dir():
-            return ImageFolderSource(source, config.fps, config.image_hold_s, config.loop)
+            fit = (config.width, config.height) if config.width and config.height else None
+            return ImageFolderSource(source, config.fps, config.image_hold_s, config.loop, fit)
         if source.isdigit():
             source = int(source)
     return OpenCVSource(source, config.width, config.height, config.fps, config.loop, config.read_timeout_s)

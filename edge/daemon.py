@@ -409,7 +409,8 @@ def prepare_demo(config: Config, state_dir: Path) -> Config:
         (frame_dir / f"{i:02d}_{photo.parent.name}_{photo.name}").symlink_to(photo.resolve())
     demo = replace(
         config,
-        camera=replace(config.camera, source=str(frame_dir), loop=True, image_hold_s=2.0, fps=5.0),
+        camera=replace(config.camera, source=str(frame_dir), loop=True, image_hold_s=2.0, fps=5.0, width=640,
+                       height=480),
         gallery=replace(config.gallery, path=str(state_dir / "gallery.db")),
         queue=replace(config.queue, path=str(state_dir / "events.db")),
         commands=replace(config.commands, nonce_path=str(state_dir / "nonces.json")),

@@ -63,7 +63,8 @@ def scene(folder: Path, photos: list[Path]) -> Path:
 def make_config(tmp_path: Path, server: Broker, frames: Path, **sections: dict[str, Any]) -> Config:
     data: dict[str, Any] = {
         "device_id": DEVICE,
-        "camera": {"source": str(frames), "fps": 10.0, "image_hold_s": 1.0, "retry_s": 0.3, "retry_max_s": 1.0},
+        "camera": {"source": str(frames), "fps": 10.0, "image_hold_s": 1.0, "retry_s": 0.3, "retry_max_s": 1.0,
+                   "width": 640, "height": 480},
         "mqtt": {"host": server.host, "port": server.port, "topic_prefix": "test", "reconnect_min_s": 1.0,
                  "reconnect_max_s": 1.0},
         "queue": {"path": str(tmp_path / "events.db")},
@@ -386,3 +387,46 @@ def test_systemd_unit_verifies_clean(tmp_path: Path) -> None:
     result = subprocess.run([tool, "verify", str(path)], capture_output=True, text=True, timeout=60)
     complaints = [line for line in (result.stdout + result.stderr).splitlines() if "edge-face.service" in line]
     assert result.returncode == 0 and complaints == [], complaints
+
+
+def test_camera_hands_over_the_newest_frame_only(tmp_path: Path) -> None:
+    from edge.camera import Camera, ImageFolderSource
+
+    frames = blank_frames(tmp_path / "frames")
+    camera = Camera(lambda: ImageFolderSource(frames, fps=50.0, hold_s=10.0, loop=True))
+    camera.start()
+    try:
+        first = camera.latest(timeout=5.0)
+        assert first is not None
+        time.sleep(0.5)  # a slow consumer: ~25 frames were read meanwhile
+        second = camera.latest(timeout=5.0)
+        assert second is not None and second.seq - first.seq >= 10
+        third = camera.latest(timeout=5.0)
+        assert third is not None and third.seq > second.seq
+    finally:
+        camera.stop()
+
+
+def test_video_file_source_reads_rgb_and_loops(shared_faces: Path) -> None:
+    from edge.camera import OpenCVSource
+
+    video = sorted((shared_faces / "videos").glob("*.mp4"))[0]
+    source = OpenCVSource(str(video), fps=1000.0, loop=True)
+    source.open()
+    try:
+        count = int(source._cap.get(cv2.CAP_PROP_FRAME_COUNT))  # type: ignore[union-attr]
+        frames = [source.read() for _ in range(count + 3)]
+    finally:
+        source.close()
+    assert all(f is not None and f.ndim == 3 and f.shape[2] == 3 and f.dtype == np.uint8 for f in frames)
+
+
+def test_folder_source_scales_photos_to_the_camera_size(tmp_path: Path) -> None:
+    from edge.camera import ImageFolderSource
+
+    folder = tmp_path / "big"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.zeros((2000, 1000, 3), np.uint8))
+    source = ImageFolderSource(folder, fit=(640, 480))
+    source.open()
+    assert source.read().shape == (480, 240, 3)
