@@ -37,7 +37,8 @@ class Broker:
         self.conf = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            # `user root`: stay the invoking user (as root it would switch to `mosquitto`, who cannot read tmp_path).
+            f"user root\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {folder}/\nlog_dest file {self.log}\nlog_type all\n"
         )
 

@@ -142,3 +142,59 @@ def test_commands_reach_the_handler(broker: Broker, tmp_path: Path) -> None:  # 
     publish.single(Topics("test", DEVICE).command, b"hello", qos=1, hostname=broker.host, port=broker.port)
     assert done.wait(10) and got == [b"hello"]
     link.stop()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_mutual_tls(tmp_path: Path) -> None:
+    """TLS with a private CA and a client certificate, against a broker that requires one."""
+    import shutil
+
+    from mosquitto import MOSQUITTO, free_port
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed here")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=test-ca", cwd=pki)
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={'localhost' if name == 'server' else 'door-t'}", cwd=pki)
+        (pki / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=pki)
+    port = free_port()
+    conf = tmp_path / "tls.conf"
+    conf.write_text(f"user root\nlistener {port} 127.0.0.1\nallow_anonymous true\ncafile {pki}/ca.pem\n"
+                    f"certfile {pki}/server.pem\nkeyfile {pki}/server.key\nrequire_certificate true\n")
+    import subprocess
+
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        from edge.config import config_from_dict
+
+        def link_for(tls: dict, name: str) -> MqttLink:
+            config = config_from_dict({"mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": "tls",
+                                                "tls": tls}}).mqtt
+            return MqttLink(config, DEVICE, EventQueue(tmp_path / f"{name}.db", 10))
+
+        good = link_for({"enabled": True, "ca_file": str(pki / "ca.pem"), "cert_file": str(pki / "client.pem"),
+                         "key_file": str(pki / "client.key")}, "good")
+        good.start()
+        assert good.connected.wait(10), "mutual TLS connection failed"
+        good.publish(good.topics.status, status_event(DEVICE, None, "tls-ok"))
+        assert good.flush(10)
+        good.stop()
+        no_cert = link_for({"enabled": True, "ca_file": str(pki / "ca.pem")}, "nocert")
+        no_cert.start()
+        assert not no_cert.connected.wait(3), "the broker must refuse a client without certificate"
+        no_cert.stop(flush_s=0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
