@@ -430,3 +430,45 @@ def test_folder_source_scales_photos_to_the_camera_size(tmp_path: Path) -> None:
     source = ImageFolderSource(folder, fit=(640, 480))
     source.open()
     assert source.read().shape == (480, 240, 3)
+
+
+def test_sighup_reloads_config_and_refuses_a_bad_one(tmp_path: Path, broker: Broker,  # noqa: F811
+                                                    pins: MockFactory) -> None:
+    frames = blank_frames(tmp_path / "frames")
+    config = make_config(tmp_path, broker, frames, camera={"loop": True}, health={"interval_s": 0.5},
+                         door_contact={"enabled": True, "pin": 27, "held_open_s": 0.5})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(_as_dict(config)))
+    built: list[Config] = []
+
+    def factory(c: Config) -> BlankScene:
+        built.append(c)
+        return BlankScene()
+
+    sub = Subscriber(broker, "test/#")
+    daemon = Daemon(config, factory, config_path=path, pin_factory=pins)
+    running = Running(daemon)
+    try:
+        assert running.wait(lambda: daemon.mqtt.connected.is_set(), timeout=20)
+        changed = _as_dict(config)
+        changed["decision"]["cooldown_s"] = 42.0
+        path.write_text(yaml.safe_dump(changed))
+        daemon.request_reload()
+        assert running.wait(lambda: len(built) == 2 and daemon.config.decision.cooldown_s == 42.0)
+        assert daemon.engine.cooldown_s == 42.0
+        path.write_text("decision:\n  votes_k: many\n")
+        daemon.request_reload()
+        assert running.wait(lambda: any(e.get("state") == "reload_failed" for e in running.events("status")))
+        assert daemon.config.decision.cooldown_s == 42.0 and len(built) == 2
+        pins.pin(27).drive_low()  # pull-up, reed switch closed by the magnet: door closed
+        time.sleep(0.2)
+        pins.pin(27).drive_high()  # the switch opens: the door opens and stays open
+        assert running.wait(lambda: any(e.get("door") == "held_open" for e in running.events("door")), timeout=5)
+        assert running.wait(lambda: len(sub.on("/health")) >= 2, timeout=10)
+    finally:
+        running.stop()
+    health = json.loads(sub.on("/health")[-1])
+    assert {"rss_mb", "cpu_percent", "queue_depth", "queue_dropped", "frames_read", "mqtt_connected"} <= set(health)
+    assert health["rss_mb"] > 10
+    assert [json.loads(p)["door"] for p in sub.on("/door")][-2:] == ["open", "held_open"]
+    sub.close()
