@@ -259,6 +259,7 @@ class Camera:
     def _run(self) -> None:
         delay = self.retry_s
         seq = 0
+        streak = 0
         while not self._stop.is_set():
             source = None
             try:
@@ -286,11 +287,12 @@ class Camera:
                         self._cond.notify_all()
             except Exception as exc:  # any failure of any backend: report and retry, never die
                 self.failures += 1
-                was_ok, self.ok = self.ok, False
+                streak = 1 if self.ok else streak + 1
+                self.ok = False
                 detail = str(exc) if isinstance(exc, EdgeError) else f"{type(exc).__name__}: {exc}"
-                log.warning("camera failure (%s); retrying in %.1f s", detail, delay)
-                self.on_status("camera_error", f"{detail}; retrying in {delay:.1f} s" if was_ok or
-                               self.failures == 1 else f"{detail}; retry {self.failures}, next in {delay:.1f} s")
+                log.warning("camera failure (%s); retry %d in %.1f s", detail, streak, delay)
+                if streak & (streak - 1) == 0:  # report failures 1, 2, 4, 8, ... of a streak, not every retry
+                    self.on_status("camera_error", f"{detail}; retry {streak} in {delay:.1f} s")
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.retry_max_s)
             finally:

@@ -38,7 +38,7 @@ from edge.config import Config, load_config
 from edge.decision import Decision, DecisionEngine, Observation
 from edge.errors import ConfigError, EdgeError
 from edge.event_queue import EventQueue
-from edge.events import Topics, door_event, face_event, status_event, utc_now_iso
+from edge.events import Topics, base_event, door_event, face_event, status_event, utc_now_iso
 from edge.mqtt_client import MqttLink
 from edge.relay import DoorContact, DoorRelay, choose_pin_factory
 
@@ -327,8 +327,8 @@ class Daemon:
                     next_wd = now + wd_interval
                 if now >= next_health:
                     h = self.health()
-                    self.emit(self.topics.health, {**status_event(self.config.device_id, self.config.camera.name,
-                                                                  "health"), "type": "health", **h}, durable=False)
+                    self.emit(self.topics.health, base_event("health", self.config.device_id,
+                                                             self.config.camera.name, **h), durable=False)
                     next_health = now + self.config.health.interval_s
                 if self._reload.is_set():
                     self._do_reload()
