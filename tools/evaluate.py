@@ -87,9 +87,10 @@ class EdgePipeline:
     def __init__(self, model: str | Path = DEFAULT_MODEL, mtcnn_dir: str | Path = DEFAULT_MTCNN,
                  crop: CropSpec = DEFAULT_CROP, flip: bool = False, threads: int = 1,
                  threshold: float | None = None, min_face_size: int = 20) -> None:
+        from edge.recognizer import Recognizer
+
         from edge.detector import FaceDetector
         from edge.embedder import Embedder
-        from edge.recognizer import Recognizer
 
         self.embedder = Embedder(model, threads=threads)
         self.detector = FaceDetector(mtcnn_dir, min_face_size=min_face_size, threads=threads)
@@ -164,6 +165,19 @@ def nearest(probes: np.ndarray, enrolled: np.ndarray, names: Sequence[str],
     ]
 
 
+def enrollment_plan(persons: Sequence[str]) -> tuple[list[int], list[int]]:
+    """(rows to enroll, probe rows): the first photo of each person with 2+ photos is enrolled;
+    every other photo, and every single-photo stranger, is a probe. `persons` is in list_people order."""
+    persons = list(persons)
+    counts = {p: persons.count(p) for p in persons}
+    first: dict[str, int] = {}
+    for i, p in enumerate(persons):
+        first.setdefault(p, i)
+    enroll = [i for p, i in first.items() if counts[p] >= 2]
+    probes = [i for i, p in enumerate(persons) if i != first[p] or counts[p] == 1]
+    return enroll, probes
+
+
 def open_set(embeddings: np.ndarray, found: np.ndarray, persons: Sequence[str], threshold: float) -> dict[str, int]:
     """Door-style counts. `persons` is sorted by person then file name, as `list_people` returns it.
 
@@ -173,16 +187,12 @@ def open_set(embeddings: np.ndarray, found: np.ndarray, persons: Sequence[str], 
     """
     persons = list(persons)
     counts = {p: persons.count(p) for p in persons}
-    first: dict[str, int] = {}
-    for i, p in enumerate(persons):
-        first.setdefault(p, i)
-    enrolled_rows = [first[p] for p in first if counts[p] >= 2 and found[first[p]]]
+    enroll, probes = enrollment_plan(persons)
+    enrolled_rows = [i for i in enroll if found[i]]
     names = [persons[i] for i in enrolled_rows]
     result = {"genuine": 0, "correct_accept": 0, "false_reject": 0, "wrong_accept": 0,
               "strangers": 0, "stranger_accept": 0, "enrolled": len(names),
-              "enroll_no_face": sum(1 for p in first if counts[p] >= 2 and not found[first[p]]),
-              "genuine_no_face": 0, "stranger_no_face": 0}
-    probes = [i for i, p in enumerate(persons) if i != first[p] or counts[p] == 1]
+              "enroll_no_face": len(enroll) - len(enrolled_rows), "genuine_no_face": 0, "stranger_no_face": 0}
     with_face = [i for i in probes if found[i]]
     matches = dict(zip(with_face, nearest(embeddings[with_face], embeddings[enrolled_rows], names, threshold),
                        strict=True))

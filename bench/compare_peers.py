@@ -1,0 +1,328 @@
+"""Our pipeline with every model variant against ageitgey/face_recognition, on the same photos, in one run.
+
+    python bench/compare_peers.py [PEOPLE_DIR] [--variants fp32 fp16 dynamic int8] [--no-peer]
+                                  [--out docs/benchmarks.md] [--plot docs/benchmarks.png]
+
+PEOPLE_DIR defaults to ../shared/faces/people. Each pipeline runs in its own fresh process with
+one inference thread (and OMP/BLAS pinned to one thread), so model load time and peak resident
+memory belong to that pipeline alone. A worker times every photo's detection and embedding, then
+enrolls per the open-set protocol of tools/evaluate.py and times one match per probe (our
+`Gallery.match` on SQLite; the peer's `face_distance` + tolerance). The parent computes the
+accuracy figures from the workers' embeddings with tools/evaluate.py and writes a markdown table
+(machine from `lscpu`, versions) and a plot (ROC curves and per-stage latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tools import evaluate as ev  # noqa: E402
+
+VARIANTS = ("fp32", "fp16", "dynamic", "int8")
+PEER = "peer"
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+              "VECLIB_MAXIMUM_THREADS": "1", "NUMEXPR_NUM_THREADS": "1"}
+
+
+# ----------------------------------------------------------------------------- worker (one pipeline)
+
+def _enrollment(photos: list[ev.Photo], found: np.ndarray) -> tuple[list[int], list[int]]:
+    """Rows to enroll and probe rows, both with a face, per tools/evaluate.py's open-set protocol."""
+    enroll, probes = ev.enrollment_plan([p.person for p in photos])
+    return [i for i in enroll if found[i]], [i for i in probes if found[i]]
+
+
+def _time_matches_ours(pipeline: ev.EdgePipeline, collected: ev.Collected) -> list[float]:
+    from edge.gallery import Gallery
+
+    enroll, probes = _enrollment(collected.photos, collected.found)
+    with tempfile.TemporaryDirectory() as tmp:
+        gallery = Gallery(Path(tmp) / "gallery.db", pipeline.embedder.model_id)
+        for i in enroll:
+            photo = collected.photos[i]
+            digest = hashlib.sha256(photo.path.read_bytes()).hexdigest()
+            gallery.add(photo.person, collected.embeddings[i][None, :], [digest], [str(photo.path)])
+        times = []
+        for i in probes:
+            start = time.perf_counter()
+            gallery.match(collected.embeddings[i], pipeline.threshold)
+            times.append(time.perf_counter() - start)
+        gallery.close()
+    return times
+
+
+def _time_matches_peer(pipeline: Any, collected: ev.Collected) -> list[float]:
+    enroll, probes = _enrollment(collected.photos, collected.found)
+    known = collected.embeddings[enroll]
+    names = [collected.photos[i].person for i in enroll]
+    times = []
+    for i in probes:
+        start = time.perf_counter()
+        pipeline.match(collected.embeddings[i], known, names)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run_worker(kind: str, people_dir: Path, models: Path, result: Path) -> None:
+    """Load one pipeline, run it over every photo, save embeddings and timings to `result` (.npz)."""
+    photos = ev.list_people(people_dir)
+    start = time.perf_counter()
+    if kind == PEER:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from peer_face_recognition import FaceRecognitionPipeline
+
+        pipeline: Any = FaceRecognitionPipeline()
+    else:
+        pipeline = ev.EdgePipeline(models / "facenet" / f"facenet_{kind}.tflite", models / "mtcnn", threads=1)
+    load_s = time.perf_counter() - start
+    collected = ev.collect(pipeline, photos, progress=sys.stderr.isatty())
+    match_s = _time_matches_peer(pipeline, collected) if kind == PEER else _time_matches_ours(pipeline, collected)
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    np.savez(result, embeddings=collected.embeddings, found=collected.found,
+             detect_s=np.array(collected.detect_s), embed_s=np.array(collected.embed_s),
+             match_s=np.array(match_s), load_s=load_s, rss_mib=rss_mib, name=pipeline.name,
+             threshold=pipeline.threshold)
+
+
+# ----------------------------------------------------------------------------- parent (report)
+
+def machine() -> str:
+    """CPU model, cores and memory from `lscpu` and /proc/meminfo."""
+    fields = {}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    mem = ""
+    try:
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        kib = int(next(x for x in meminfo if x.startswith("MemTotal")).split()[1])
+        mem = f", {kib / 1024 ** 2:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    cpu = fields.get("Model name", platform.processor() or "unknown CPU")
+    arch = fields.get("Architecture", platform.machine())
+    return f"{cpu} ({arch}), {fields.get('CPU(s)', os.cpu_count())} CPUs{mem}"
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything the measured pipelines run on."""
+    out = {"python": platform.python_version()}
+    for package in ("numpy", "ai-edge-litert", "opencv-python-headless", "dlib-bin", "face_recognition",
+                    "face_recognition_models"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def _ms(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q) * 1000.0) if len(values) else float("nan")
+
+
+def spawn(kind: str, people_dir: Path, models: Path, tmp: Path) -> dict[str, Any]:
+    """Run one worker in a fresh single-threaded process; load its results."""
+    result = tmp / f"{kind}.npz"
+    env = {**os.environ, **ONE_THREAD}
+    command = [sys.executable, str(Path(__file__).resolve()), str(people_dir), "--models", str(models),
+               "--worker", kind, "--result", str(result)]
+    print(f"measuring {kind} ...", file=sys.stderr, flush=True)
+    subprocess.run(command, env=env, check=True)
+    with np.load(result, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def measure(kind: str, raw: dict[str, Any], photos: list[ev.Photo]) -> tuple[dict[str, Any], tuple]:
+    """Accuracy (tools/evaluate.py) and speed figures of one worker's results, plus its ROC curve."""
+    collected = ev.Collected(photos, raw["embeddings"], raw["found"].astype(bool))
+    report = ev.summarize(collected, float(raw["threshold"]), str(raw["name"]))
+    speed = {}
+    for stage in ("detect", "embed", "match"):
+        values = raw[f"{stage}_s"]
+        speed[stage] = {"median_ms": _ms(values, 50), "p90_ms": _ms(values, 90), "n": int(len(values))}
+    report.update(kind=kind, speed=speed, load_s=float(raw["load_s"]), peak_rss_mib=float(raw["rss_mib"]))
+    return report, ev.roc_curve(collected)
+
+
+def label(report: dict[str, Any]) -> str:
+    return "face_recognition" if report["kind"] == PEER else f"ours {report['kind']}"
+
+
+def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png: Path | None) -> str:
+    """The docs/benchmarks.md page."""
+    v = versions()
+    o0 = reports[0]["open_set"]
+    lines = [
+        "# Benchmarks: our pipeline against face_recognition",
+        "",
+        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by `{command}`",
+        "(regenerate with the same command; it rewrites this page and the plot).",
+        "",
+        f"- **Machine:** {machine()}. One inference thread for every pipeline; OMP/BLAS pinned to one thread.",
+        "- **Versions:** " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        f"- **Photos:** `{people_dir}`: {reports[0]['images']} photos of {reports[0]['people']} people; "
+        f"{o0['enrolled'] + o0['enroll_no_face']} people enrolled from their first photo, "
+        f"{o0['genuine']} genuine probes, {o0['strangers']} stranger photos. Sizes range from 150 px chips "
+        "to 4,600 px press photos, so detection time varies widely between photos.",
+        "- **Ours:** MTCNN (LiteRT) + FaceNet Inception-ResNet-v1 (LiteRT), box crop with a 32 px margin, "
+        "threshold from each model's metadata. **Peer:** face_recognition 1.3.0 (dlib HOG detector upsampled "
+        "once, ResNet 128-D embeddings, tolerance 0.6), its defaults.",
+        "",
+        "## Accuracy",
+        "",
+        "Verification over all pairs of photos with a face; 10-fold accuracy as in the LFW protocol on all "
+        "genuine pairs plus as many random impostor pairs. Open set as the door sees it, at each model's "
+        "threshold (see `tools/evaluate.py`).",
+        "",
+        "| pipeline | no face | ROC AUC | EER | TAR@FAR 1e-2 | TAR@FAR 1e-3 | 10-fold acc. | threshold | "
+        "correct accepts | false rejects | wrong-person accepts | strangers accepted | SVM acc. |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        o = r["open_set"]
+        svm = "n/a" if r["svm_accuracy"] is None else f"{r['svm_accuracy']:.3f}"
+        lines.append(
+            f"| {label(r)} | {r['no_face']} | {r['roc_auc']:.4f} | {r['eer']:.4f} | {r['tar_at_far_1e-2']:.3f} | "
+            f"{r['tar_at_far_1e-3']:.3f} | {r['accuracy_10fold']:.3f} | {r['threshold']:.3f} | "
+            f"{o['correct_accept']}/{o['genuine']} ({o['correct_accept'] / max(o['genuine'], 1):.3f}) | "
+            f"{o['false_reject']} | {o['wrong_accept']} | {o['stranger_accept']}/{o['strangers']} | {svm} |")
+    lines += [
+        "",
+        f"SVM: linear SVM over embeddings, {reports[0]['svm_folds']}-fold stratified, over the "
+        f"{reports[0]['svm_people']} people with at least {reports[0]['svm_folds']} photos with a face.",
+        "",
+        "## Speed and memory (one thread)",
+        "",
+        "Per photo: detect = finding faces in the whole photo; embed = crop + embedding of the largest "
+        "face; match = one probe against the enrolled gallery. Load = constructing the pipeline (model "
+        "files read, checked and allocated). Peak RSS = the worker process's maximum resident memory.",
+        "",
+        "| pipeline | detect median / p90 (ms) | embed median / p90 (ms) | match median / p90 (ms) | "
+        "load (s) | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        s = r["speed"]
+        cells = " | ".join(f"{s[k]['median_ms']:.1f} / {s[k]['p90_ms']:.1f}" if k != "match"
+                           else f"{s[k]['median_ms']:.3f} / {s[k]['p90_ms']:.3f}" for k in ("detect", "embed", "match"))
+        lines.append(f"| {label(r)} | {cells} | {r['load_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+    if png is not None:
+        lines += ["", f"![ROC curves and per-stage latency]({png.name})"]
+    no_face = sorted({f for r in reports for f in r["no_face_files"]})
+    if no_face:
+        lines += ["", "## Photos where a pipeline found no face", ""]
+        for r in reports:
+            if r["no_face_files"]:
+                lines.append(f"- {label(r)}: " + ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`"
+                                                           for f in r["no_face_files"]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(reports: list[dict[str, Any]], curves: list[tuple], out: Path) -> None:
+    """ROC curves (left) and median per-stage latency (right) in one small PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (roc_ax, bar_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=80)
+    for r, (far, tar) in zip(reports, curves, strict=True):
+        roc_ax.step(np.maximum(far, 1e-5), tar, where="post", label=label(r), linewidth=1.2)
+    roc_ax.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false accept rate (log)",
+               ylabel="true accept rate", title="ROC, all pairs")
+    roc_ax.grid(True, which="both", alpha=0.3)
+    roc_ax.legend(loc="lower right", fontsize=8)
+    names = [label(r) for r in reports]
+    bottom = np.zeros(len(reports))
+    for stage in ("detect", "embed", "match"):
+        values = np.array([r["speed"][stage]["median_ms"] for r in reports])
+        bar_ax.bar(names, values, bottom=bottom, label=stage)
+        bottom += values
+    bar_ax.set(ylabel="median ms per photo (one thread)", title="latency per stage")
+    bar_ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+    bar_ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("people_dir", type=Path, nargs="?", default=REPO.parent / "shared" / "faces" / "people")
+    parser.add_argument("--models", type=Path, default=REPO / "models")
+    parser.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--no-peer", action="store_true", help="skip face_recognition")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
+    parser.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks.png")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        run_worker(args.worker, args.people_dir, args.models, args.result)
+        return 0
+    try:
+        photos = ev.list_people(args.people_dir)
+        for variant in args.variants:
+            model = args.models / "facenet" / f"facenet_{variant}.tflite"
+            if not model.is_file():
+                raise ev.EdgeError(f"{model}: model not found (build the models with `make models`)")
+        kinds = list(args.variants) + ([] if args.no_peer else [PEER])
+        if not kinds:
+            raise ev.EdgeError("nothing to measure: no variants and --no-peer")
+        reports, curves = [], []
+        with tempfile.TemporaryDirectory() as tmp:
+            for kind in kinds:
+                report, curve = measure(kind, spawn(kind, args.people_dir, args.models, Path(tmp)), photos)
+                print(ev.format_report(report), file=sys.stderr)
+                reports.append(report)
+                curves.append(curve)
+    except ev.EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"error: a benchmark worker failed (exit {exc.returncode}): {' '.join(exc.cmd)}", file=sys.stderr)
+        return 2
+    png = args.plot
+    plot(reports, curves, png)
+    shown_people = args.people_dir
+    try:
+        shown_people = args.people_dir.resolve().relative_to(REPO.parent)
+        shown_people = Path("..") / shown_people
+    except ValueError:
+        pass
+    command = "python bench/compare_peers.py" + ("" if args.variants == list(VARIANTS) else
+                                                  " --variants " + " ".join(args.variants))
+    command += " --no-peer" if args.no_peer else ""
+    args.out.write_text(markdown(reports, shown_people, command, png))
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=2, default=float) + "\n")
+    print(f"wrote {args.out} and {png} ({png.stat().st_size // 1024} KB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
