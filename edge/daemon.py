@@ -225,9 +225,12 @@ class Daemon:
             log.error("reload failed, keeping the previous gallery and model: %s", exc)
             self._status("reload_failed", str(exc))
             return False
-        self.recognizer = recognizer
+        old, self.recognizer = self.recognizer, recognizer
         self.model_id = model_id_of(recognizer)
         self.engine.reset()
+        close = getattr(old, "close", None)
+        if close is not None:
+            close()
         return True
 
     def _do_reload(self) -> None:
@@ -259,6 +262,9 @@ class Daemon:
             self._status("reloaded", "config and gallery reloaded")
 
     def start(self) -> None:
+        gallery = getattr(self.recognizer, "gallery", None)
+        if gallery is not None and not gallery.people():
+            log.warning("the gallery %s has nobody enrolled: every face will be 'unknown'", self.config.gallery.path)
         self.mqtt.start()
         self._status("started", f"model {self.model_id}")
         self._door("startup")

@@ -7,6 +7,7 @@ time in ISO 8601, the device and camera, and for face events the person, distanc
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -58,7 +59,8 @@ def face_event(decision: Decision, device: str, camera: str, model_id: str, fram
     event = base_event(
         kind, device, camera,
         person=decision.name,
-        distance=round(float(decision.distance), 4),
+        # No enrolled person at all gives an infinite distance, which JSON cannot carry: null.
+        distance=round(float(decision.distance), 4) if math.isfinite(decision.distance) else None,
         votes={"count": decision.votes, "frames": decision.frames, "required": decision.required},
         box={"x": x, "y": y, "w": w, "h": h},
         model_id=model_id,
