@@ -264,29 +264,26 @@ class Gallery:
             version = self._query("PRAGMA data_version")[0][0]
             if not self._dirty and version == self._data_version:
                 return False
-            rows = self._query(
-                "SELECT p.id, p.name, e.dim, e.vector FROM embeddings e JOIN people p ON p.id = e.person_id "
-                "WHERE e.model_id = ? ORDER BY p.id, e.id", (self.model_id,))
-            names: list[str] = []
-            owner = np.empty(len(rows), dtype=np.int64)
-            vectors = []
-            index_of: dict[int, int] = {}
-            dims = {row[2] for row in rows}
+            names_by_id = dict(self._query("SELECT id, name FROM people"))
+            rows = self._query("SELECT person_id, dim, vector FROM embeddings WHERE model_id = ? "
+                               "ORDER BY person_id, id", (self.model_id,))
+            dims = {row[1] for row in rows}
             if len(dims) > 1:
                 raise GalleryError(f"{self.path}: gallery is damaged: embeddings of model {self.model_id!r} "
                                    f"have several sizes {sorted(dims)}")
-            for i, (person_id, name, dim, blob) in enumerate(rows):
-                if person_id not in index_of:
-                    index_of[person_id] = len(names)
-                    names.append(name)
-                owner[i] = index_of[person_id]
-                if len(blob) != dim * 4:
-                    raise GalleryError(f"{self.path}: gallery is damaged: embedding of {name!r} has "
-                                       f"{len(blob)} bytes, expected {dim * 4}")
-                vectors.append(np.frombuffer(blob, dtype="<f4"))
             dim = dims.pop() if dims else 0
-            matrix = np.vstack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), dtype=np.float32)
-            self._matrix, self._owner, self._names = np.ascontiguousarray(matrix), owner, names
+            person_ids = np.fromiter((row[0] for row in rows), dtype=np.int64, count=len(rows))
+            blob = b"".join(row[2] for row in rows)
+            if len(blob) != len(rows) * dim * 4 or any(len(row[2]) != dim * 4 for row in rows):
+                raise GalleryError(f"{self.path}: gallery is damaged: embeddings of {self.model_id!r} have "
+                                   f"the wrong byte length")
+            unique_ids, owner = np.unique(person_ids, return_inverse=True)
+            try:
+                names = [names_by_id[int(pid)] for pid in unique_ids]
+            except KeyError as exc:
+                raise GalleryError(f"{self.path}: gallery is damaged: embeddings of unknown person {exc}") from None
+            matrix = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(len(rows), dim)
+            self._matrix, self._owner, self._names = np.ascontiguousarray(matrix), owner.astype(np.int64), names
             self._data_version = version
             self._dirty = False
             return True
@@ -427,40 +424,59 @@ class Gallery:
 
         `enrolled_at` and `model_id` exist for importing; enrollment leaves them to default.
         """
-        name = validate_name(name)
-        vectors = _as_embeddings(embeddings)
+        self.add_many([{"name": name, "embeddings": embeddings, "image_sha256": image_sha256, "source": source,
+                        "enrolled_at": enrolled_at, "model_id": model_id}])
+
+    def _prepare(self, entry: dict) -> tuple[str, str, np.ndarray, list[str], list[str], list[str]]:
+        """Validate one add() entry before anything is written."""
+        name = validate_name(entry.get("name"))
+        vectors = _as_embeddings(entry.get("embeddings"), f"embeddings of {name!r}")
         count = vectors.shape[0]
-        model_id = self.model_id if model_id is None else model_id
-        if len(image_sha256) != count or len(source) != count:
+        model_id = entry.get("model_id") or self.model_id
+        if not isinstance(model_id, str):
+            raise GalleryError(f"add({name!r}): model_id must be a string, got {model_id!r}")
+        shas, sources = list(entry.get("image_sha256") or []), list(entry.get("source") or [])
+        if len(shas) != count or len(sources) != count:
             raise GalleryError(f"add({name!r}): {count} embeddings need as many image_sha256 and source entries, "
-                               f"got {len(image_sha256)} and {len(source)}")
-        for sha in image_sha256:
+                               f"got {len(shas)} and {len(sources)}")
+        for sha in shas:
             if not isinstance(sha, str) or not _SHA256_RE.match(sha):
                 raise GalleryError(f"add({name!r}): {sha!r} is not a lowercase hex sha256")
-        for src in source:
+        for src in sources:
             if not isinstance(src, str) or len(src) > 4096:
                 raise GalleryError(f"add({name!r}): source must be a file name string, got {src!r:.60}")
-        when = [_now()] * count if enrolled_at is None else list(enrolled_at)
-        if len(when) != count:
-            raise GalleryError(f"add({name!r}): {count} embeddings need as many enrolled_at entries")
+        when = entry.get("enrolled_at")
+        when = [_now()] * count if when is None else list(when)
+        if len(when) != count or not all(isinstance(w, str) and w for w in when):
+            raise GalleryError(f"add({name!r}): {count} embeddings need as many enrolled_at strings")
+        return name, model_id, vectors, shas, sources, when
+
+    def add_many(self, entries: list[dict]) -> None:
+        """Several add() calls in one transaction: all are stored or none (import, bulk enrollment).
+
+        Each entry holds the keyword arguments of add(): name, embeddings, image_sha256, source and
+        optionally enrolled_at and model_id.
+        """
+        prepared = [self._prepare(entry) for entry in entries]
         try:
             with self._write() as conn:
-                dims = {row[0] for row in conn.execute("SELECT DISTINCT dim FROM embeddings WHERE model_id = ?",
-                                                       (model_id,))}
-                if dims and dims != {vectors.shape[1]}:
-                    raise GalleryError(f"{self.path}: embeddings of model {model_id!r} have {dims.pop()} values; "
-                                       f"refusing {vectors.shape[1]}")
-                person_id = self._person_id(name)
-                if person_id is None:
-                    person_id = conn.execute("INSERT INTO people (name, created_at) VALUES (?, ?)",
-                                             (name, _now())).lastrowid
-                conn.executemany(
-                    "INSERT INTO embeddings (person_id, model_id, dim, vector, image_sha256, source, enrolled_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(person_id, model_id, vectors.shape[1], vectors[i].astype("<f4").tobytes(), image_sha256[i],
-                      source[i], when[i]) for i in range(count)])
+                dims: dict[str, int] = dict(conn.execute("SELECT model_id, MIN(dim) FROM embeddings GROUP BY model_id"))
+                for name, model_id, vectors, shas, sources, when in prepared:
+                    dim = dims.setdefault(model_id, vectors.shape[1])
+                    if dim != vectors.shape[1]:
+                        raise GalleryError(f"{self.path}: embeddings of model {model_id!r} have {dim} values; "
+                                           f"refusing {vectors.shape[1]} for {name!r}")
+                    person_id = self._person_id(name)
+                    if person_id is None:
+                        person_id = conn.execute("INSERT INTO people (name, created_at) VALUES (?, ?)",
+                                                 (name, _now())).lastrowid
+                    conn.executemany(
+                        "INSERT INTO embeddings (person_id, model_id, dim, vector, image_sha256, source, enrolled_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(person_id, model_id, vectors.shape[1], vectors[i].astype("<f4").tobytes(), shas[i],
+                          sources[i], when[i]) for i in range(vectors.shape[0])])
         except sqlite3.DatabaseError as exc:
-            raise GalleryError(f"{self.path}: cannot add {name!r} ({exc})") from None
+            raise GalleryError(f"{self.path}: cannot add to the gallery ({exc})") from None
 
     def remove(self, name: str) -> int:
         """Delete a person and all their embeddings; returns how many embeddings went."""
