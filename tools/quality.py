@@ -13,6 +13,7 @@ FAR 1e-3 over all pairs (edge.metrics).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -62,21 +63,43 @@ def folder_digest(photos: list[Path], spec: CropSpec, detector: str) -> str:
     return digest.hexdigest()
 
 
+def _edge_detector_dir(mtcnn_dir: Path | None) -> Path | None:
+    """The MTCNN folder edge.detector would use, if that module exists and the folder holds files."""
+    import importlib.util
+
+    directory = Path(mtcnn_dir) if mtcnn_dir else Path(__file__).resolve().parent.parent / "models" / "mtcnn"
+    if importlib.util.find_spec("edge.detector") is None or not directory.is_dir() or not any(directory.iterdir()):
+        return None
+    return directory
+
+
+def detector_identity(mtcnn_dir: Path | None) -> str:
+    """Which detector (and which nets) would crop the faces: part of the crop cache key."""
+    directory = _edge_detector_dir(mtcnn_dir)
+    if directory is None:
+        return "mtcnn-pypi"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(path.name.encode() + hashlib.sha256(path.read_bytes()).digest())
+    return f"edge.detector:{digest.hexdigest()[:16]}"
+
+
 class _Detector:
     """edge.detector.FaceDetector if usable, else the mtcnn package (TensorFlow; tools only)."""
 
     def __init__(self, mtcnn_dir: Path | None) -> None:
         self.name = "mtcnn-pypi"
         self._edge = None
-        try:
-            from edge.detector import FaceDetector
+        directory = _edge_detector_dir(mtcnn_dir)
+        if directory is not None:
+            try:
+                from edge.detector import FaceDetector
 
-            directory = mtcnn_dir or Path("models/mtcnn")
-            if directory.is_dir():
                 self._edge = FaceDetector(directory)
                 self.name = "edge.detector"
-        except (ImportError, EdgeError):
-            self._edge = None
+            except (ImportError, EdgeError) as exc:
+                print(f"edge.detector unusable ({exc}); using the mtcnn package", file=sys.stderr)
+                self._edge = None
         if self._edge is None:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
             from mtcnn import MTCNN
@@ -104,8 +127,7 @@ def face_crops(folder: str | Path, spec: CropSpec | None = None, mtcnn_dir: Path
     photos = list_photos(folder)
     if not photos:
         raise ImageError(f"{folder}: no image files found (expected <name>/*.jpg or a flat folder of photos)")
-    detector_key = "auto"
-    key = folder_digest(photos, spec, detector_key)
+    key = folder_digest(photos, spec, detector_identity(mtcnn_dir))
     cache_file = CACHE / "crops" / f"{key}.npz"
     if use_cache and cache_file.is_file():
         data = np.load(cache_file, allow_pickle=False)
@@ -179,3 +201,76 @@ def quality_report(reference: np.ndarray, candidate: np.ndarray, labels: list[st
         report.update(ours)
         report.update({f"float_{k}": v for k, v in base.items() if k in ("roc_auc", "tar_at_far_1e-3", "eer")})
     return report
+
+
+def int8_study(h5: Path, faces_dir: Path, out_dir: Path, mtcnn_dir: Path | None = None) -> list[dict]:
+    """How calibration data, per-channel weights and float I/O move full-int8 quality (docs/models.md).
+
+    Identities are split in two halves by sorted name: calibration uses the first half, the
+    reported numbers come from the second half only, so no face is both calibrated on and scored.
+    """
+    from edge.embedder import Embedder
+    from edge.model_metadata import check_input
+    from tools.convert_to_tflite import convert, float_embeddings, load_source
+
+    faces = face_crops(faces_dir, mtcnn_dir=mtcnn_dir)
+    names = sorted(set(faces.labels))
+    first = set(names[: len(names) // 2])
+    calib_idx = [i for i, label in enumerate(faces.labels) if label in first]
+    eval_idx = [i for i, label in enumerate(faces.labels) if label not in first]
+    calib, crops = faces.crops[calib_idx], faces.crops[eval_idx]
+    labels = [faces.labels[i] for i in eval_idx]
+    model = load_source(h5)
+    reference = float_embeddings(model, crops)
+    synthetic = np.concatenate([check_input(faces.crops.shape[1], seed) for seed in range(len(calib))])
+    variants = [
+        ("synthetic calibration (textures, no faces)", dict(calibration=synthetic)),
+        ("real face crops, per-tensor weights", dict(calibration=calib, per_channel=False)),
+        ("real face crops, per-channel weights (default)", dict(calibration=calib)),
+        ("real face crops, per-channel, float32 input/output", dict(calibration=calib, io_type="float32")),
+        ("real face crops, per-channel, L2-norm ops kept float",
+         dict(calibration=calib, io_type="float32", float_ops=("RSQRT", "SUM", "SQUARE", "MINIMUM"))),
+        ("dynamic range (reference)", dict(mode="dynamic")),
+    ]
+    results = []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index, (label, options) in enumerate(variants):
+        mode = options.pop("mode", "int8")
+        path = out_dir / f"study_{index}.tflite"
+        try:
+            convert(h5, path, mode, model=model, **options)
+            report = quality_report(reference, Embedder(path).embed(crops), labels)
+        except EdgeError as exc:
+            report = {"error": str(exc)}
+        report.update(variant=label, mode=mode, calibration_crops=len(options.get("calibration", [])),
+                      size_mb=path.stat().st_size / 1e6 if path.is_file() else None)
+        results.append(report)
+        print(json.dumps(report), flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Face-crop quality tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    study = sub.add_parser("int8-study", help="full-int8 variants against the float model on held-out people")
+    study.add_argument("h5", type=Path)
+    study.add_argument("--faces", type=Path, default=Path(__file__).resolve().parent.parent.parent
+                       / "shared" / "faces" / "people")
+    study.add_argument("--out", type=Path, default=CACHE / "int8_study")
+    study.add_argument("--mtcnn-dir", type=Path, default=None)
+    study.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    try:
+        results = int8_study(args.h5, args.faces, args.out, args.mtcnn_dir)
+    except EdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
