@@ -170,7 +170,8 @@ def label(report: dict[str, Any]) -> str:
     return "face_recognition" if report["kind"] == PEER else f"ours {report['kind']}"
 
 
-def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png: Path | None) -> str:
+def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png: Path | None,
+             load: float) -> str:
     """The docs/benchmarks.md page."""
     v = versions()
     o0 = reports[0]["open_set"]
@@ -180,7 +181,9 @@ def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png:
         f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by `{command}`",
         "(regenerate with the same command; it rewrites this page and the plot).",
         "",
-        f"- **Machine:** {machine()}. One inference thread for every pipeline; OMP/BLAS pinned to one thread.",
+        f"- **Machine:** {machine()}; load average {load:.1f} when the run started (other processes share "
+        "the CPUs, which makes timings noisier). One inference thread for every pipeline; OMP/BLAS pinned to "
+        "one thread.",
         "- **Versions:** " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         f"- **Photos:** `{people_dir}`: {reports[0]['images']} photos of {reports[0]['people']} people; "
         f"{o0['enrolled'] + o0['enroll_no_face']} people enrolled from their first photo, "
@@ -250,7 +253,10 @@ def plot(reports: list[dict[str, Any]], curves: list[tuple], out: Path) -> None:
     fig, (roc_ax, bar_ax) = plt.subplots(1, 2, figsize=(10, 4), dpi=80)
     for r, (far, tar) in zip(reports, curves, strict=True):
         roc_ax.step(np.maximum(far, 1e-5), tar, where="post", label=label(r), linewidth=1.2)
-    roc_ax.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false accept rate (log)",
+    # Zoom on the part of the curves that differs: from just below the lowest TAR at FAR 1e-4.
+    lowest = min(float(tar[np.searchsorted(far, 1e-4, side="right") - 1]) for far, tar in curves)
+    floor = max(0.0, np.floor(lowest * 20) / 20 - 0.05)
+    roc_ax.set(xscale="log", xlim=(1e-4, 1), ylim=(floor, 1.005), xlabel="false accept rate (log)",
                ylabel="true accept rate", title="ROC, all pairs")
     roc_ax.grid(True, which="both", alpha=0.3)
     roc_ax.legend(loc="lower right", fontsize=8)
@@ -284,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_worker(args.worker, args.people_dir, args.models, args.result)
         return 0
+    load = os.getloadavg()[0]
     try:
         photos = ev.list_people(args.people_dir)
         for variant in args.variants:
@@ -317,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/compare_peers.py" + ("" if args.variants == list(VARIANTS) else
                                                   " --variants " + " ".join(args.variants))
     command += " --no-peer" if args.no_peer else ""
-    args.out.write_text(markdown(reports, shown_people, command, png))
+    args.out.write_text(markdown(reports, shown_people, command, png, load))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=2, default=float) + "\n")
     print(f"wrote {args.out} and {png} ({png.stat().st_size // 1024} KB)")
