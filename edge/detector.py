@@ -249,9 +249,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
     return np.asarray(keep, dtype=np.intp)
 
 
-def apply_offsets(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Move each edge by its regressed offset, in units of the box's width/height."""
-    sizes = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, axis=1)
+def apply_offsets(boxes: np.ndarray, offsets: np.ndarray, inclusive: bool = False) -> np.ndarray:
+    """Move each edge by its regressed offset, in units of the box's width/height.
+
+    R- and O-net were trained (in MATLAB) on inclusive pixel boxes, whose width is x2 - x1 + 1;
+    `inclusive=True` reproduces that, which measurably brings the boxes closer to mtcnn 1.0.0's.
+    """
+    extra = 1.0 if inclusive else 0.0
+    sizes = np.stack([boxes[:, 2] - boxes[:, 0] + extra, boxes[:, 3] - boxes[:, 1] + extra] * 2, axis=1)
     return boxes + offsets * sizes
 
 
@@ -266,21 +271,21 @@ def square(boxes: np.ndarray) -> np.ndarray:
 
 
 def extract_patches(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Cut each box out of the uint8 image (gray beyond its border), resize to size x size, normalize."""
+    """Sample each box of the uint8 image on a size x size grid (bilinear, mid-gray beyond the border), normalized.
+
+    The grid runs from corner to corner of the box over (image size - 1) / (image size), which is
+    how mtcnn 1.0.0 cuts its patches (tf.image.crop_and_resize on box / image size); matching it
+    keeps our boxes within the package's. One affine warp per box, no intermediate copy.
+    """
     height, width = image.shape[:2]
     patches = np.empty((len(boxes), size, size, 3), np.float32)
-    for i, (x1, y1, x2, y2) in enumerate(np.rint(boxes).astype(np.int64)):
-        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
-        cx1, cy1, cx2, cy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
-        if cx1 >= cx2 or cy1 >= cy2:  # entirely outside: all border
-            patches[i] = 0.0
-            continue
-        crop = image[cy1:cy2, cx1:cx2]
-        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            crop = cv2.copyMakeBorder(crop, cy1 - y1, y2 - cy2, cx1 - x1, x2 - cx2,
-                                      cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
-        interpolation = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-        patches[i] = cv2.resize(crop, (size, size), interpolation=interpolation)
+    shrink_x, shrink_y = (width - 1) / width, (height - 1) / height
+    border = (PAD_VALUE,) * 3
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        matrix = np.array([[(x2 - x1) * shrink_x / (size - 1), 0.0, x1 * shrink_x],
+                           [0.0, (y2 - y1) * shrink_y / (size - 1), y1 * shrink_y]])
+        patches[i] = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=border)
     patches -= 127.5
     patches *= 1.0 / 128.0
     return patches
@@ -367,7 +372,7 @@ class FaceDetector:
         found_boxes, found_scores = [], []
         level = image
         for scale in pyramid_scales(height, width, self.min_face_size, self.scale_factor):
-            size = (max(math.ceil(width * scale), PNET_CELL), max(math.ceil(height * scale), PNET_CELL))
+            size = (max(int(width * scale), PNET_CELL), max(int(height * scale), PNET_CELL))
             # Each level is area-averaged from the previous one: as smooth as resizing the full
             # frame every time, at a quarter of the cost (area resampling reads every source pixel).
             interpolation = cv2.INTER_AREA if size[0] < level.shape[1] else cv2.INTER_LINEAR
@@ -400,7 +405,7 @@ class FaceDetector:
         boxes, offsets, prob = boxes[passed], offsets[passed], prob[passed]
         if not len(boxes):
             return boxes
-        boxes = apply_offsets(boxes, offsets)
+        boxes = apply_offsets(boxes, offsets, inclusive=True)
         keep = nms(boxes, prob, NMS_RNET)
         return square(boxes[keep])
 
@@ -414,6 +419,6 @@ class FaceDetector:
         widths = (boxes[:, 2] - boxes[:, 0])[:, None]
         heights = (boxes[:, 3] - boxes[:, 1])[:, None]
         landmarks = np.stack([boxes[:, :1] + widths * points[:, :5], boxes[:, 1:2] + heights * points[:, 5:]], axis=2)
-        boxes = apply_offsets(boxes, offsets)
+        boxes = apply_offsets(boxes, offsets, inclusive=True)
         keep = nms(boxes, prob, NMS_ONET, mode="min")
         return boxes[keep], prob[keep], landmarks[keep]
