@@ -157,3 +157,19 @@ def test_metadata_json_is_complete(tiny_h5: Path, tmp_path: Path) -> None:
         assert key in data, key
     assert len(data["check"]["expected"]) == DIM
     assert data["check"]["tolerance"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fp32", "fp16", "dynamic", "int8"])
+def test_built_facenet_models_meet_quality(models_dir: Path, mode: str) -> None:
+    """`make models` output: every variant verifies on LiteRT and stays close to the float model on real faces."""
+    path = models_dir / "facenet" / f"facenet_{mode}.tflite"
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: build the models first with `make models`")
+    embedder = Embedder(path)
+    meta = embedder.metadata
+    assert (meta.input_size, meta.embedding_size, meta.mode) == (160, 512, mode)
+    quality = meta.quality
+    assert quality["faces"] >= 4 and quality["cosine_to_float_mean"] >= 0.99, quality
+    assert quality["float_roc_auc"] - quality["roc_auc"] <= 0.01, quality
+    assert 0.5 < meta.threshold < 1.5
