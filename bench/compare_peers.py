@@ -138,6 +138,19 @@ def versions() -> dict[str, str]:
     return out
 
 
+def revision() -> str:
+    """The commit measured, and whether the pipeline's code differed from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "edge",
+                                "tools/evaluate.py", "bench/compare_peers.py", "bench/peer_face_recognition.py"],
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown revision"
+    return f"commit {head}" + (" with uncommitted changes to the measured code" if dirty else "")
+
+
 def _ms(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q) * 1000.0) if len(values) else float("nan")
 
@@ -178,7 +191,7 @@ def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png:
     lines = [
         "# Benchmarks: our pipeline against face_recognition",
         "",
-        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} by `{command}`",
+        f"Measured {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')} at {revision()} by `{command}`",
         "(regenerate with the same command; it rewrites this page and the plot).",
         "",
         f"- **Machine:** {machine()}; load average {load:.1f} when the run started (other processes share "
