@@ -93,6 +93,9 @@ def test_verification_with_overlap_by_hand():
     assert result["roc_auc"] == pytest.approx(3.5 / 8)
     # No threshold rejects every impostor yet accepts a genuine pair (0.5 ties an impostor).
     assert result["tar_at_far_1e-3"] == pytest.approx(0.0)
+    assert result["tar_at_far_1e-2"] == pytest.approx(0.0)
+    # ROC: at 0.5 FAR 1/4, FRR 1/2; at 1.0 FAR 3/4, FRR 1/2 -> they cross halfway, at 0.5.
+    assert result["eer"] == pytest.approx(0.5)
 
 
 def test_verification_needs_genuine_and_impostor_pairs():
