@@ -197,7 +197,7 @@ def _cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"no image files found in {', '.join(map(str, args.images))}")
     recognizer = Recognizer.from_paths(settings.model, settings.gallery, mtcnn_dir=settings.mtcnn_dir,
                                        threads=settings.threads, min_face_size=20,
-                                       threshold=settings.threshold)
+                                       threshold=settings.threshold, flip=args.flip)
     gates = GateSettings(min_face_px=args.min_face, min_sharpness=args.min_sharpness, largest=args.largest)
     try:
         report = enroll(recognizer, recognizer.gallery, name, photos, gates, force=args.force,
@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--largest", action="store_true", help="photos with several faces: enroll the largest face")
     add.add_argument("--force", action="store_true", help="enroll even when the face matches another person")
     add.add_argument("--skip-refused", action="store_true", help="enroll the photos that pass, skip the others")
+    add.add_argument("--flip", action="store_true",
+                     help="mirror-averaged embeddings (use it when the daemon recognizes with flip)")
     add.add_argument("--min-face", type=int, default=DEFAULT_MIN_FACE_PX,
                      help=f"smallest face side in pixels (default {DEFAULT_MIN_FACE_PX})")
     add.add_argument("--min-sharpness", type=float, default=DEFAULT_MIN_SHARPNESS,
