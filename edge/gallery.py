@@ -140,8 +140,13 @@ class Gallery:
         self._matrix = np.zeros((0, 0), dtype=np.float32)
         self._owner = np.zeros(0, dtype=np.int64)
         self._names: list[str] = []
-        self._conn = self._open()
-        self.refresh()
+        with _private_umask():  # SQLite may create the -wal/-shm files at any of the first queries
+            self._conn = self._open()
+            try:
+                self.refresh()
+            except BaseException:
+                self._conn.close()
+                raise
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -167,8 +172,7 @@ class Gallery:
             conn.execute("PRAGMA foreign_keys = ON")
             self._check_schema(conn)
             if not self.readonly:
-                with _private_umask():
-                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":
                     raise GalleryError(f"{path}: cannot switch the gallery to WAL mode (got {mode})")
         except sqlite3.DatabaseError as exc:
@@ -254,7 +258,8 @@ class Gallery:
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         try:
-            return self._conn.execute(sql, params).fetchall()
+            with self._lock:  # one connection shared by the daemon's threads
+                return self._conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
             raise GalleryError(f"{self.path}: gallery read failed ({exc})") from None
 

@@ -282,3 +282,39 @@ def test_failed_write_leaves_the_gallery_as_it_was(gallery: Gallery, rng: np.ran
 def test_bad_threshold_is_refused(gallery: Gallery, rng: np.random.Generator) -> None:
     with pytest.raises(GalleryError, match="threshold"):
         gallery.match(unit(rng)[0], threshold=float("nan"))
+
+
+def test_add_many_is_all_or_nothing(gallery: Gallery, rng: np.random.Generator) -> None:
+    good = {"name": "alice", "embeddings": unit(rng), "image_sha256": [sha(1)], "source": ["a.jpg"]}
+    bad = {"name": "bob", "embeddings": unit(rng, dim=64), "image_sha256": [sha(2)], "source": ["b.jpg"]}
+    with pytest.raises(GalleryError, match="'bob'"):
+        gallery.add_many([good, bad])
+    assert gallery.people() == [] and gallery.size == 0
+    gallery.add_many([good, {**bad, "embeddings": unit(rng)}])
+    assert gallery.people() == ["alice", "bob"] and gallery.size == 2
+
+
+def test_missing_directory_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(GalleryError, match="does not exist"):
+        Gallery(tmp_path / "no" / "such" / "g.db", MODEL)
+    with pytest.raises(GalleryError, match="not a regular file"):
+        Gallery(tmp_path, MODEL)
+
+
+def test_writer_and_reader_at_the_same_time(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A reader keeps matching while a writer holds an open write transaction (WAL)."""
+    path = tmp_path / "g.db"
+    writer = Gallery(path, MODEL)
+    alice = unit(rng)
+    add(writer, "alice", alice)
+    reader = Gallery(path, MODEL, readonly=True)
+    raw = sqlite3.connect(path, timeout=0.1)
+    raw.execute("BEGIN IMMEDIATE")
+    raw.execute("UPDATE people SET name = 'mallory' WHERE name = 'alice'")
+    assert reader.refresh() is False  # uncommitted: invisible
+    assert reader.match(alice[0], threshold=0.5).name == "alice"
+    raw.rollback()
+    raw.close()
+    assert reader.people() == ["alice"]
+    reader.close()
+    writer.close()
