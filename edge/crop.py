@@ -4,7 +4,9 @@ The 2018 FaceNet models were evaluated on MTCNN boxes widened by a 32 px margin 
 160x160, with fixed standardization (x - 127.5) / 128. `method="box"` reproduces that;
 `method="aligned"` first rotates and scales the face so the eyes and mouth land where they do on
 an average upright box crop (a similarity transform from the five landmarks), which removes head
-roll. Which one the product uses is decided by measurement (docs/crops.md).
+roll. Where the margin reaches past the image, `border="pad"` extends the image by repeating its
+edge, so the face keeps its scale and aspect ratio; `border="clip"` (the original protocol) cuts
+the margin off and stretches what is left. Measurement decides the defaults (docs/crops.md).
 """
 
 from __future__ import annotations
@@ -31,20 +33,28 @@ class CropSpec:
     method: Literal["box", "aligned"] = "box"
     margin_px: float = 32.0
     size: int = 160
+    border: Literal["pad", "clip"] = "pad"
 
 
 def crop_box(image: np.ndarray, box: tuple[float, float, float, float], margin_px: float = 32.0,
-             size: int = 160) -> np.ndarray:
-    """Box widened by `margin_px` in total (half on each side), clipped to the image, resized."""
+             size: int = 160, border: Literal["pad", "clip"] = "pad") -> np.ndarray:
+    """Box widened by `margin_px` in total (half on each side), padded or clipped at the edges, resized."""
     height, width = image.shape[:2]
     x, y, w, h = box
-    x1 = int(max(np.floor(x - margin_px / 2), 0))
-    y1 = int(max(np.floor(y - margin_px / 2), 0))
-    x2 = int(min(np.ceil(x + w + margin_px / 2), width))
-    y2 = int(min(np.ceil(y + h + margin_px / 2), height))
-    if x2 <= x1 or y2 <= y1:
+    x1 = int(np.floor(x - margin_px / 2))
+    y1 = int(np.floor(y - margin_px / 2))
+    x2 = int(np.ceil(x + w + margin_px / 2))
+    y2 = int(np.ceil(y + h + margin_px / 2))
+    if x2 <= max(x1, 0) or y2 <= max(y1, 0) or x1 >= width or y1 >= height:
         raise ValueError(f"face box {box} lies outside the {width}x{height} image")
-    patch = image[y1:y2, x1:x2]
+    if border == "clip":
+        x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
+    elif border != "pad":
+        raise ValueError(f"unknown border {border!r}; choose 'pad' or 'clip'")
+    overhang = max(0, -x1, -y1, x2 - width, y2 - height)
+    if overhang:
+        image = cv2.copyMakeBorder(image, overhang, overhang, overhang, overhang, cv2.BORDER_REPLICATE)
+    patch = image[y1 + overhang:y2 + overhang, x1 + overhang:x2 + overhang]
     interpolation = cv2.INTER_AREA if patch.shape[0] > size else cv2.INTER_LINEAR
     return cv2.resize(patch, (size, size), interpolation=interpolation)
 
@@ -68,8 +78,7 @@ def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.hstack([scale * rotation, translation[:, None]]).astype(np.float32)
 
 
-def crop_aligned(image: np.ndarray, landmarks: np.ndarray, size: int = 160,
-                 margin_px: float = 32.0, box_size: float | None = None) -> np.ndarray:
+def crop_aligned(image: np.ndarray, landmarks: np.ndarray, size: int = 160) -> np.ndarray:
     """Warp the face so its landmarks match the template of an upright box crop."""
     template = ALIGNED_TEMPLATE_160 * (size / 160.0)
     matrix = similarity_transform(np.asarray(landmarks, dtype=np.float32), template)
@@ -82,9 +91,9 @@ def face_crop(image: np.ndarray, box: tuple[float, float, float, float], landmar
     if spec.method == "aligned":
         if landmarks is None:
             raise ValueError("aligned crops need the face's five landmarks")
-        return crop_aligned(image, landmarks, spec.size, spec.margin_px)
+        return crop_aligned(image, landmarks, spec.size)
     if spec.method == "box":
-        return crop_box(image, box, spec.margin_px, spec.size)
+        return crop_box(image, box, spec.margin_px, spec.size, spec.border)
     raise ValueError(f"unknown crop method {spec.method!r}; choose 'box' or 'aligned'")
 
 
