@@ -13,6 +13,7 @@ import atexit
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,9 @@ def choose_pin_factory(mode: str) -> Any:
     if Device.pin_factory is not None:
         return Device.pin_factory
     try:
-        return Device._default_pin_factory()
+        with warnings.catch_warnings():  # one "falling back from ..." warning per backend; we log our own
+            warnings.simplefilter("ignore")
+            return Device._default_pin_factory()
     except Exception as exc:  # gpiozero raises BadPinFactory plus whatever the backends raise
         if mode == "never":
             raise ConfigError(f"relay.mock: 'never' but no GPIO is usable here ({exc})") from None
