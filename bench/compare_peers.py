@@ -81,8 +81,24 @@ def _time_matches_peer(pipeline: Any, collected: ev.Collected) -> list[float]:
     return times
 
 
-def run_worker(kind: str, people_dir: Path, models: Path, result: Path) -> None:
-    """Load one pipeline, run it over every photo, save embeddings and timings to `result` (.npz)."""
+def fit_frame(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale an image down (never up) to fit a camera frame of width x height, as the door sees it."""
+    import cv2
+
+    scale = min(width / image.shape[1], height / image.shape[0], 1.0)
+    if scale >= 1.0:
+        return image
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def run_worker(kind: str, people_dir: Path, models: Path, result: Path, frame: tuple[int, int]) -> None:
+    """Load one pipeline and run it twice over every photo; save embeddings and timings to `result` (.npz).
+
+    First pass: photos scaled to fit a camera frame (the door's working conditions; its peak RSS
+    is read right after). Second pass: the photos as they are (the accuracy figures, and the
+    detection cost of large photos).
+    """
     photos = ev.list_people(people_dir)
     start = time.perf_counter()
     if kind == PEER:
@@ -93,13 +109,18 @@ def run_worker(kind: str, people_dir: Path, models: Path, result: Path) -> None:
     else:
         pipeline = ev.EdgePipeline(models / "facenet" / f"facenet_{kind}.tflite", models / "mtcnn", threads=1)
     load_s = time.perf_counter() - start
-    collected = ev.collect(pipeline, photos, progress=sys.stderr.isatty())
+    progress = sys.stderr.isatty()
+    framed = ev.collect(pipeline, photos, progress=progress, prepare=lambda image: fit_frame(image, *frame))
+    frame_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    collected = ev.collect(pipeline, photos, progress=progress)
     match_s = _time_matches_peer(pipeline, collected) if kind == PEER else _time_matches_ours(pipeline, collected)
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     np.savez(result, embeddings=collected.embeddings, found=collected.found,
              detect_s=np.array(collected.detect_s), embed_s=np.array(collected.embed_s),
              match_s=np.array(match_s), load_s=load_s, rss_mib=rss_mib, name=pipeline.name,
-             threshold=pipeline.threshold)
+             threshold=pipeline.threshold, frame_embeddings=framed.embeddings, frame_found=framed.found,
+             frame_detect_s=np.array(framed.detect_s), frame_embed_s=np.array(framed.embed_s),
+             frame_rss_mib=frame_rss_mib)
 
 
 # ----------------------------------------------------------------------------- parent (report)
@@ -155,27 +176,36 @@ def _ms(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q) * 1000.0) if len(values) else float("nan")
 
 
-def spawn(kind: str, people_dir: Path, models: Path, tmp: Path) -> dict[str, Any]:
+def spawn(kind: str, people_dir: Path, models: Path, tmp: Path, frame: tuple[int, int]) -> dict[str, Any]:
     """Run one worker in a fresh single-threaded process; load its results."""
     result = tmp / f"{kind}.npz"
     env = {**os.environ, **ONE_THREAD}
     command = [sys.executable, str(Path(__file__).resolve()), str(people_dir), "--models", str(models),
-               "--worker", kind, "--result", str(result)]
+               "--worker", kind, "--result", str(result), "--frame", f"{frame[0]}x{frame[1]}"]
     print(f"measuring {kind} ...", file=sys.stderr, flush=True)
     subprocess.run(command, env=env, check=True)
     with np.load(result, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 
 
+def _speed(raw: dict[str, Any], prefix: str, stages: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    return {stage: {"median_ms": _ms(raw[f"{prefix}{stage}_s"], 50), "p90_ms": _ms(raw[f"{prefix}{stage}_s"], 90),
+                    "n": int(len(raw[f"{prefix}{stage}_s"]))} for stage in stages}
+
+
 def measure(kind: str, raw: dict[str, Any], photos: list[ev.Photo]) -> tuple[dict[str, Any], tuple]:
     """Accuracy (tools/evaluate.py) and speed figures of one worker's results, plus its ROC curve."""
     collected = ev.Collected(photos, raw["embeddings"], raw["found"].astype(bool))
-    report = ev.summarize(collected, float(raw["threshold"]), str(raw["name"]))
-    speed = {}
-    for stage in ("detect", "embed", "match"):
-        values = raw[f"{stage}_s"]
-        speed[stage] = {"median_ms": _ms(values, 50), "p90_ms": _ms(values, 90), "n": int(len(values))}
-    report.update(kind=kind, speed=speed, load_s=float(raw["load_s"]), peak_rss_mib=float(raw["rss_mib"]))
+    threshold = float(raw["threshold"])
+    report = ev.summarize(collected, threshold, str(raw["name"]))
+    framed = ev.Collected(photos, raw["frame_embeddings"], raw["frame_found"].astype(bool))
+    report.update(
+        kind=kind, speed=_speed(raw, "", ("detect", "embed", "match")), load_s=float(raw["load_s"]),
+        peak_rss_mib=float(raw["rss_mib"]),
+        frame={"speed": _speed(raw, "frame_", ("detect", "embed")), "peak_rss_mib": float(raw["frame_rss_mib"]),
+               "no_face": int((~framed.found).sum()),
+               "open_set": ev.open_set(framed.embeddings, framed.found, [p.person for p in photos], threshold)},
+    )
     return report, ev.roc_curve(collected)
 
 
@@ -183,11 +213,17 @@ def label(report: dict[str, Any]) -> str:
     return "face_recognition" if report["kind"] == PEER else f"ours {report['kind']}"
 
 
+def _cell(speed: dict[str, float], digits: int = 1) -> str:
+    return f"{speed['median_ms']:.{digits}f} / {speed['p90_ms']:.{digits}f}"
+
+
 def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png: Path | None,
-             load: float) -> str:
+             load: float, frame: tuple[int, int]) -> str:
     """The docs/benchmarks.md page."""
     v = versions()
     o0 = reports[0]["open_set"]
+    fw, fh = frame
+    crop = ev.DEFAULT_CROP
     lines = [
         "# Benchmarks: our pipeline against face_recognition",
         "",
@@ -196,21 +232,25 @@ def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png:
         "",
         f"- **Machine:** {machine()}; load average {load:.1f} when the run started (other processes share "
         "the CPUs, which makes timings noisier). One inference thread for every pipeline; OMP/BLAS pinned to "
-        "one thread.",
+        "one thread; each pipeline in a fresh process.",
         "- **Versions:** " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         f"- **Photos:** `{people_dir}`: {reports[0]['images']} photos of {reports[0]['people']} people; "
         f"{o0['enrolled'] + o0['enroll_no_face']} people enrolled from their first photo, "
         f"{o0['genuine']} genuine probes, {o0['strangers']} stranger photos. Sizes range from 150 px chips "
-        "to 4,600 px press photos, so detection time varies widely between photos.",
-        "- **Ours:** MTCNN (LiteRT) + FaceNet Inception-ResNet-v1 (LiteRT), box crop with a 32 px margin, "
-        "threshold from each model's metadata. **Peer:** face_recognition 1.3.0 (dlib HOG detector upsampled "
+        "to 4,600 px press photos. Each pipeline sees every photo twice: as it is (accuracy below, and the "
+        f"cost of large photos) and scaled down to fit a {fw}x{fh} camera frame (the door's working "
+        "conditions).",
+        f"- **Ours:** MTCNN (LiteRT) + FaceNet Inception-ResNet-v1 (LiteRT), {crop.method} crop with a "
+        f"{crop.margin_px:g} px margin at {crop.size} px, no flip-averaging, threshold from each model's "
+        "metadata. **Peer:** face_recognition 1.3.0 (dlib HOG detector upsampled "
         "once, ResNet 128-D embeddings, tolerance 0.6), its defaults.",
         "",
         "## Accuracy",
         "",
         "Verification over all pairs of photos with a face; 10-fold accuracy as in the LFW protocol on all "
         "genuine pairs plus as many random impostor pairs. Open set as the door sees it, at each model's "
-        "threshold (see `tools/evaluate.py`).",
+        "threshold (see `tools/evaluate.py`). SVM: linear SVM over embeddings, 5-fold stratified, over the "
+        "people with at least 5 photos with a face (their number in brackets).",
         "",
         "| pipeline | no face | ROC AUC | EER | TAR@FAR 1e-2 | TAR@FAR 1e-3 | 10-fold acc. | threshold | "
         "correct accepts | false rejects | wrong-person accepts | strangers accepted | SVM acc. |",
@@ -218,7 +258,7 @@ def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png:
     ]
     for r in reports:
         o = r["open_set"]
-        svm = "n/a" if r["svm_accuracy"] is None else f"{r['svm_accuracy']:.3f}"
+        svm = "n/a" if r["svm_accuracy"] is None else f"{r['svm_accuracy']:.3f} ({r['svm_people']})"
         lines.append(
             f"| {label(r)} | {r['no_face']} | {r['roc_auc']:.4f} | {r['eer']:.4f} | {r['tar_at_far_1e-2']:.3f} | "
             f"{r['tar_at_far_1e-3']:.3f} | {r['accuracy_10fold']:.3f} | {r['threshold']:.3f} | "
@@ -226,29 +266,41 @@ def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png:
             f"{o['false_reject']} | {o['wrong_accept']} | {o['stranger_accept']}/{o['strangers']} | {svm} |")
     lines += [
         "",
-        f"SVM: linear SVM over embeddings, {reports[0]['svm_folds']}-fold stratified, over the "
-        f"{reports[0]['svm_people']} people with at least {reports[0]['svm_folds']} photos with a face.",
+        f"The same open-set counts with every photo scaled to fit {fw}x{fh} (enrollment photos too):",
         "",
-        "## Speed and memory (one thread)",
-        "",
-        "Per photo: detect = finding faces in the whole photo; embed = crop + embedding of the largest "
-        "face; match = one probe against the enrolled gallery. Load = constructing the pipeline (model "
-        "files read, checked and allocated). Peak RSS = the worker process's maximum resident memory.",
-        "",
-        "| pipeline | detect median / p90 (ms) | embed median / p90 (ms) | match median / p90 (ms) | "
-        "load (s) | peak RSS (MiB) |",
+        "| pipeline | no face | correct accepts | false rejects | wrong-person accepts | strangers accepted |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
-        s = r["speed"]
-        cells = " | ".join(f"{s[k]['median_ms']:.1f} / {s[k]['p90_ms']:.1f}" if k != "match"
-                           else f"{s[k]['median_ms']:.3f} / {s[k]['p90_ms']:.3f}" for k in ("detect", "embed", "match"))
-        lines.append(f"| {label(r)} | {cells} | {r['load_s']:.2f} | {r['peak_rss_mib']:.0f} |")
+        o = r["frame"]["open_set"]
+        lines.append(f"| {label(r)} | {r['frame']['no_face']} | {o['correct_accept']}/{o['genuine']} "
+                     f"({o['correct_accept'] / max(o['genuine'], 1):.3f}) | {o['false_reject']} | "
+                     f"{o['wrong_accept']} | {o['stranger_accept']}/{o['strangers']} |")
+    lines += [
+        "",
+        "## Speed and memory (one thread)",
+        "",
+        "Latency cells are median / p90 over all photos, in ms. Per photo: detect = finding faces in the "
+        "whole image; embed = crop + embedding of the largest "
+        "face; match = one probe against the enrolled gallery (ours: `Gallery.match` on SQLite-backed "
+        "arrays; the peer: `face_distance` + tolerance). Load = constructing the pipeline (model files "
+        "read, checked and allocated; for the peer, importing face_recognition, which loads dlib's models). "
+        f"Peak RSS = the worker process's maximum resident memory after the {fw}x{fh} pass, and after "
+        "both passes.",
+        "",
+        f"| pipeline | detect {fw}x{fh} (ms) | embed {fw}x{fh} (ms) | detect as-is photos (ms) | "
+        "embed as-is (ms) | match (ms) | load (s) | peak RSS after frames / after all (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        s, f = r["speed"], r["frame"]["speed"]
+        lines.append(f"| {label(r)} | {_cell(f['detect'])} | {_cell(f['embed'])} | {_cell(s['detect'])} | "
+                     f"{_cell(s['embed'])} | {_cell(s['match'], 3)} | {r['load_s']:.2f} | "
+                     f"{r['frame']['peak_rss_mib']:.0f} / {r['peak_rss_mib']:.0f} |")
     if png is not None:
         lines += ["", f"![ROC curves and per-stage latency]({png.name})"]
-    no_face = sorted({f for r in reports for f in r["no_face_files"]})
-    if no_face:
-        lines += ["", "## Photos where a pipeline found no face", ""]
+    if any(r["no_face_files"] for r in reports):
+        lines += ["", "## Photos (as they are) where a pipeline found no face", ""]
         for r in reports:
             if r["no_face_files"]:
                 lines.append(f"- {label(r)}: " + ", ".join(f"`{Path(f).parent.name}/{Path(f).name}`"
@@ -256,7 +308,7 @@ def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png:
     return "\n".join(lines) + "\n"
 
 
-def plot(reports: list[dict[str, Any]], curves: list[tuple], out: Path) -> None:
+def plot(reports: list[dict[str, Any]], curves: list[tuple], out: Path, frame: tuple[int, int]) -> None:
     """ROC curves (left) and median per-stage latency (right) in one small PNG."""
     import matplotlib
 
@@ -276,16 +328,28 @@ def plot(reports: list[dict[str, Any]], curves: list[tuple], out: Path) -> None:
     names = [label(r) for r in reports]
     bottom = np.zeros(len(reports))
     for stage in ("detect", "embed", "match"):
-        values = np.array([r["speed"][stage]["median_ms"] for r in reports])
+        source = [r["speed"] if stage == "match" else r["frame"]["speed"] for r in reports]
+        values = np.array([speed[stage]["median_ms"] for speed in source])
         bar_ax.bar(names, values, bottom=bottom, label=stage)
         bottom += values
-    bar_ax.set(ylabel="median ms per photo (one thread)", title="latency per stage")
+    bar_ax.set(ylabel="median ms per frame (one thread)", title=f"latency per stage, {frame[0]}x{frame[1]} frames")
     bar_ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     bar_ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """argparse type for WxH."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxHEIGHT, e.g. 640x480") from None
+    if width < 32 or height < 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: frame must be at least 32x32")
+    return width, height
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,11 +361,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "benchmarks.png")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON")
+    parser.add_argument("--frame", type=frame_size, default=(640, 480),
+                        help="camera frame WxH the photos are scaled to fit for the door pass (default 640x480)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        run_worker(args.worker, args.people_dir, args.models, args.result)
+        run_worker(args.worker, args.people_dir, args.models, args.result, args.frame)
         return 0
     load = os.getloadavg()[0]
     try:
@@ -316,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         reports, curves = [], []
         with tempfile.TemporaryDirectory() as tmp:
             for kind in kinds:
-                report, curve = measure(kind, spawn(kind, args.people_dir, args.models, Path(tmp)), photos)
+                report, curve = measure(kind, spawn(kind, args.people_dir, args.models, Path(tmp), args.frame), photos)
                 print(ev.format_report(report), file=sys.stderr)
                 reports.append(report)
                 curves.append(curve)
@@ -327,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: a benchmark worker failed (exit {exc.returncode}): {' '.join(exc.cmd)}", file=sys.stderr)
         return 2
     png = args.plot
-    plot(reports, curves, png)
+    plot(reports, curves, png, args.frame)
     shown_people = args.people_dir
     try:
         shown_people = args.people_dir.resolve().relative_to(REPO.parent)
@@ -337,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python bench/compare_peers.py" + ("" if args.variants == list(VARIANTS) else
                                                   " --variants " + " ".join(args.variants))
     command += " --no-peer" if args.no_peer else ""
-    args.out.write_text(markdown(reports, shown_people, command, png, load))
+    command += "" if args.frame == (640, 480) else f" --frame {args.frame[0]}x{args.frame[1]}"
+    args.out.write_text(markdown(reports, shown_people, command, png, load, args.frame))
     if args.json:
         args.json.write_text(json.dumps(reports, indent=2, default=float) + "\n")
     print(f"wrote {args.out} and {png} ({png.stat().st_size // 1024} KB)")

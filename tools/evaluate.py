@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,10 +87,9 @@ class EdgePipeline:
     def __init__(self, model: str | Path = DEFAULT_MODEL, mtcnn_dir: str | Path = DEFAULT_MTCNN,
                  crop: CropSpec = DEFAULT_CROP, flip: bool = False, threads: int = 1,
                  threshold: float | None = None, min_face_size: int = 20) -> None:
-        from edge.recognizer import Recognizer
-
         from edge.detector import FaceDetector
         from edge.embedder import Embedder
+        from edge.recognizer import Recognizer
 
         self.embedder = Embedder(model, threads=threads)
         self.detector = FaceDetector(mtcnn_dir, min_face_size=min_face_size, threads=threads)
@@ -116,13 +115,19 @@ class Collected:
     embed_s: list[float] = field(default_factory=list)  # only photos with a face
 
 
-def collect(pipeline: FacePipeline, photos: Sequence[Photo], progress: bool = False) -> Collected:
-    """Run the pipeline on every photo; unreadable images raise ImageError naming the file."""
+def collect(pipeline: FacePipeline, photos: Sequence[Photo], progress: bool = False,
+            prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> Collected:
+    """Run the pipeline on every photo; unreadable images raise ImageError naming the file.
+
+    `prepare` transforms each loaded image first (benchmarks scale photos to camera frames).
+    """
     rows: list[np.ndarray | None] = []
     detect_s: list[float] = []
     embed_s: list[float] = []
     for index, photo in enumerate(photos, 1):
         image = load_image(photo.path)
+        if prepare is not None:
+            image = prepare(image)
         start = time.perf_counter()
         faces = pipeline.detect(image)
         detect_s.append(time.perf_counter() - start)
