@@ -286,7 +286,8 @@ def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png:
         "arrays; the peer: `face_distance` + tolerance). Load = constructing the pipeline (model files "
         "read, checked and allocated; for the peer, importing face_recognition, which loads dlib's models). "
         f"Peak RSS = the worker process's maximum resident memory after the {fw}x{fh} pass, and after "
-        "both passes.",
+        "both passes; the second figure includes detection on photos up to 4,600 px, so the first is the "
+        "one that applies to a door camera.",
         "",
         f"| pipeline | detect {fw}x{fh} (ms) | embed {fw}x{fh} (ms) | detect as-is photos (ms) | "
         "embed as-is (ms) | match (ms) | load (s) | peak RSS after frames / after all (MiB) |",
