@@ -55,8 +55,13 @@ def list_photos(folder: str | Path) -> list[Path]:
 
 
 def folder_digest(photos: list[Path], spec: CropSpec, detector: str) -> str:
-    """Key for cached crops: every photo's relative name and bytes, the crop spec and detector."""
+    """Key for cached crops: every photo's relative name and bytes, the crop spec, the detector, and
+    the source of the code that detects and crops (a change there must not reuse stale crops)."""
     digest = hashlib.sha256(f"{spec}|{detector}".encode())
+    edge_dir = Path(__file__).resolve().parent.parent / "edge"
+    for module in ("crop.py", "detector.py", "images.py"):
+        if (edge_dir / module).is_file():
+            digest.update(hashlib.sha256((edge_dir / module).read_bytes()).digest())
     for path in photos:
         digest.update(path.name.encode() + b"\0" + path.parent.name.encode() + b"\0")
         digest.update(hashlib.sha256(path.read_bytes()).digest())
