@@ -7,7 +7,7 @@ probed another way would silently widen distances.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,12 @@ from edge.embedder import Embedder
 from edge.errors import ConfigError
 from edge.gallery import Gallery
 
-DEFAULT_CROP = CropSpec()  # box crop, 32 px margin, 160 px: how the FaceNet models were evaluated
+DEFAULT_CROP = CropSpec()  # box crop, 32 px margin padded at the edges, 160 px (docs/crops.md)
+
+# Enrollment stores several views of each photo: the probe's own crop first, then wider and
+# tighter margins and the mirror images. A one-photo enrollment then covers a little of the
+# framing and pose variation the door camera will see; measured in docs/crops.md.
+ENROLLMENT_MARGINS_PX = (32.0, 24.0, 44.0)
 
 
 @dataclass
@@ -71,7 +76,7 @@ class Recognizer:
     def crops(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """Model-ready uint8 crops (N, S, S, 3) of the faces, cut as `self.crop` says."""
         size = self.embedder.input_size
-        spec = self.crop if self.crop.size == size else CropSpec(self.crop.method, self.crop.margin_px, size)
+        spec = self.crop if self.crop.size == size else replace(self.crop, size=size)
         if not faces:
             return np.zeros((0, size, size, 3), dtype=np.uint8)
         return np.stack([face_crop(image, face.box, face.landmarks, spec) for face in faces])
@@ -87,6 +92,23 @@ class Recognizer:
     def embed_faces(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """(N, D) embeddings of already detected faces of `image`."""
         return self.embed_crops(self.crops(image, faces))
+
+    def enrollment_embeddings(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """(K, D) embeddings of one enrollment face: row 0 is exactly what `embed_faces` gives.
+
+        With a box crop: one view per margin of ENROLLMENT_MARGINS_PX and the mirror of each.
+        With an aligned crop there is no margin to vary: the crop and its mirror.
+        """
+        size = self.embedder.input_size
+        if self.crop.method == "box":
+            specs = [replace(self.crop, size=size, margin_px=m) for m in ENROLLMENT_MARGINS_PX]
+            specs[0] = replace(self.crop, size=size)
+        else:
+            specs = [replace(self.crop, size=size)]
+        crops = np.stack([face_crop(image, face.box, face.landmarks, spec) for spec in specs])
+        probe_like = self.embed_crops(crops[:1])
+        views = self.embedder.embed(np.concatenate([crops[1:], crops[:, :, ::-1]]))
+        return np.concatenate([probe_like, views]).astype(np.float32)
 
     def recognize(self, image: np.ndarray) -> list[Recognition]:
         """Every face in an RGB uint8 image, largest first, with its best gallery match."""

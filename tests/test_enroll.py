@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -15,7 +16,9 @@ import pytest
 
 from edge.errors import ImageError
 from edge.gallery import Gallery
+from edge.images import load_image
 from edge.quality_gates import GateSettings
+from edge.recognizer import ENROLLMENT_MARGINS_PX
 from tools import enroll as enroll_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,10 +53,25 @@ def test_one_photo_enrolls(recognizer, gallery: Gallery, fr_images: dict[str, Pa
     report = enroll_tool.enroll(recognizer, gallery, "biden", [fr_images["biden"]])
     assert report.exit_code == 0 and report.enrolled == 1 and not report.refused
     rows = gallery.enrollments("biden")
-    assert len(rows) == 1 and rows[0].source == "biden.jpg" and rows[0].model_id == recognizer.model_id
+    # One photo is stored as several views (margins x mirror), all traced back to that photo.
+    assert len(rows) == 2 * len(ENROLLMENT_MARGINS_PX)
+    assert {(r.source, r.image_sha256, r.model_id) for r in rows} == {
+        ("biden.jpg", hashlib.sha256(fr_images["biden"].read_bytes()).hexdigest(), recognizer.model_id)}
     # Enrolling the same photo again adds nothing.
     again = enroll_tool.enroll(recognizer, gallery, "biden", [fr_images["biden"]])
     assert again.enrolled == 0 and len(again.skipped) == 1
+
+
+def test_enrollment_views_start_with_the_probe_embedding(recognizer, fr_images: dict[str, Path]) -> None:
+    image = load_image(fr_images["obama2"])
+    face = recognizer.detector.detect(image)[0]
+    views = recognizer.enrollment_embeddings(image, face)
+    assert views.shape == (2 * len(ENROLLMENT_MARGINS_PX), recognizer.embedder.metadata.embedding_size)
+    assert np.allclose(views[0], recognizer.embed_faces(image, [face])[0], atol=1e-6)
+    assert np.allclose(np.linalg.norm(views, axis=1), 1.0, atol=1e-4)
+    # The views differ (they are not copies) but stay close to the probe-style embedding.
+    distances = np.linalg.norm(views[1:] - views[0], axis=1)
+    assert np.all(distances > 1e-3) and np.all(distances < 0.6)
 
 
 def test_several_faces_need_largest(recognizer, gallery: Gallery, shared_faces: Path) -> None:
@@ -170,7 +188,7 @@ def test_export_import_roundtrip_and_model_check(tmp_path: Path, facenet_model: 
     with Gallery(db, recognizer.model_id) as g:
         enroll_tool.enroll(recognizer, g, "biden", [fr_images["biden"]])
         enroll_tool.enroll(recognizer, g, "obama", [fr_images["obama2"], fr_images["obama3"]])
-        before = {e.image_sha256: e.embedding for e in g.enrollments()}
+        before = sorted((e.image_sha256, e.embedding.tobytes()) for e in g.enrollments())
     kw = {"model": facenet_model, "mtcnn": mtcnn_dir}
     exported = tmp_path / "export.json"
     assert cli("export", str(exported), gallery=db, **kw) == 0
@@ -181,12 +199,13 @@ def test_export_import_roundtrip_and_model_check(tmp_path: Path, facenet_model: 
     fresh = tmp_path / "fresh.db"
     assert cli("import", str(exported), gallery=fresh, **kw) == 0
     assert cli("import", str(exported), gallery=fresh, **kw) == 0  # twice: nothing duplicated
-    assert "3 already present" in capsys.readouterr().out
+    # 3 photos, each stored as 2 * len(ENROLLMENT_MARGINS_PX) embeddings.
+    assert f"{3 * 2 * len(ENROLLMENT_MARGINS_PX)} already present" in capsys.readouterr().out
     with Gallery(fresh, recognizer.model_id) as g:
         rows = g.enrollments()
-        assert len(rows) == 3 and {r.name for r in rows} == {"biden", "obama"}
-        for r in rows:
-            np.testing.assert_array_equal(r.embedding, before[r.image_sha256])
+        assert len({r.image_sha256 for r in rows}) == 3 and {r.name for r in rows} == {"biden", "obama"}
+        assert len(rows) == 3 * 2 * len(ENROLLMENT_MARGINS_PX)
+        assert sorted((r.image_sha256, r.embedding.tobytes()) for r in rows) == before
 
     data["model_id"] = "facenet-fp32-000000000000"
     other = tmp_path / "other.json"

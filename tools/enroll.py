@@ -163,7 +163,8 @@ def enroll(recognizer: Any, gallery: Gallery, name: str, photos: list[Path], gat
         except GateRefusal as exc:
             report.refused.append((photo, str(exc)))
             continue
-        embedding = recognizer.embed_faces(image, [face])[0]
+        views = recognizer.enrollment_embeddings(image, face)
+        embedding = views[0]
         gallery.refresh()
         match = gallery.match(embedding, threshold)
         if match.name is not None and match.name != name and not force:
@@ -176,14 +177,14 @@ def enroll(recognizer: Any, gallery: Gallery, name: str, photos: list[Path], gat
             detail += f", nearest other: {match.nearest} at {match.distance:.3f}" if match.nearest != name else \
                 f", distance to {name}'s enrolled photos {match.distance:.3f}"
         report.accepted.append((photo, detail))
-        embeddings.append(embedding)
-        shas.append(digest)
-        sources.append(photo.name)
+        embeddings.extend(views)
+        shas.extend([digest] * len(views))
+        sources.extend([photo.name] * len(views))
     if report.refused and not skip_refused:
         return report
     if embeddings:
         gallery.add(name, np.stack(embeddings), shas, sources)
-        report.enrolled = len(embeddings)
+        report.enrolled = len(report.accepted)
     return report
 
 
@@ -229,17 +230,18 @@ def _open_gallery(settings: Settings, readonly: bool) -> Gallery:
 
 def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     with _open_gallery(settings, readonly=True) as gallery:
-        current: dict[str, int] = {}
-        other: dict[str, int] = {}
+        # A photo is stored as several embeddings (views); count photos by their sha256.
+        current: dict[str, set[str]] = {}
+        other: dict[str, set[str]] = {}
         for e in gallery.enrollments():
             bucket = current if e.model_id == gallery.model_id else other
-            bucket[e.name] = bucket.get(e.name, 0) + 1
+            bucket.setdefault(e.name, set()).add(e.image_sha256)
         people = gallery.people()
         stale = set(gallery.stale_people())
         for name in people:
             note = "  STALE: re-enroll for the current model" if name in stale else ""
-            extra = f" (+{other[name]} of other models)" if other.get(name) else ""
-            print(f"{name}\t{current.get(name, 0)} photo(s){extra}{note}")
+            extra = f" (+{len(other[name])} of other models)" if other.get(name) else ""
+            print(f"{name}\t{len(current.get(name, ()))} photo(s){extra}{note}")
         print(f"{len(people)} people, model {gallery.model_id}"
               + (f", {len(stale)} stale" if stale else ""), file=sys.stderr)
     return EXIT_OK
@@ -248,7 +250,8 @@ def _cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     with _open_gallery(settings, readonly=True) as gallery:
         rows = gallery.enrollments(args.name)
-        print(f"{validate_name(args.name)}: {len(rows)} embedding(s)")
+        photos = len({e.image_sha256 for e in rows})
+        print(f"{validate_name(args.name)}: {len(rows)} embedding(s) from {photos} photo(s)")
         for e in rows:
             mark = "" if e.model_id == gallery.model_id else "  (other model: not matched)"
             print(f"  #{e.id}  {e.enrolled_at}  {e.source}  sha256 {e.image_sha256[:16]}...  {e.model_id}{mark}")
