@@ -427,12 +427,12 @@ def prepare_demo(config: Config, state_dir: Path) -> Config:
     gallery = Gallery(demo.gallery.path, model_id_of(recognizer))
     if DEMO_PERSON not in gallery.people():
         image = load_image(enroll)
-        faces = recognizer.recognize(image)
+        faces = recognizer.detector.detect(image)  # largest first
         if not faces:
             raise ConfigError(f"demo enrollment photo {enroll} shows no face")
-        largest = max(faces, key=lambda r: r.box[2] * r.box[3])
+        views = recognizer.enrollment_embeddings(image, faces[0])
         digest = hashlib.sha256(enroll.read_bytes()).hexdigest()
-        gallery.add(DEMO_PERSON, np.asarray(largest.embedding, dtype=np.float32)[None, :], [digest], [str(enroll)])
+        gallery.add(DEMO_PERSON, views, [digest] * len(views), [str(enroll)] * len(views))
         print(f"demo: enrolled {DEMO_PERSON} from {enroll}", flush=True)
     print(f"demo: showing {len(frames)} photos in a loop from {frame_dir}; MQTT {demo.mqtt.host}:{demo.mqtt.port}, "
           f"topics {Topics(demo.mqtt.topic_prefix, demo.device_id).base}/#", flush=True)

@@ -137,11 +137,13 @@ def enrolled_gallery(facenet_model: Path, mtcnn_dir: Path, fr_images: dict[str, 
 
     path = tmp_path_factory.mktemp("gallery") / "gallery.db"
     recognizer = Recognizer.from_paths(facenet_model, None, mtcnn_dir=mtcnn_dir, min_face_size=20)
-    faces = recognizer.recognize(load_image(fr_images["obama"]))
+    image = load_image(fr_images["obama"])
+    faces = recognizer.detector.detect(image)
     assert faces, "no face found in obama.jpg"  # largest first: the enrolled face
+    views = recognizer.enrollment_embeddings(image, faces[0])  # as tools/enroll.py stores them
     gallery = Gallery(path, recognizer.embedder.model_id)
     digest = hashlib.sha256(fr_images["obama"].read_bytes()).hexdigest()
-    gallery.add("obama", faces[0].embedding[None, :].astype(np.float32), [digest], [str(fr_images["obama"])])
+    gallery.add("obama", views, [digest] * len(views), [str(fr_images["obama"])] * len(views))
     gallery.close()
     return path
 
