@@ -391,7 +391,7 @@ class FaceDetector:
             # Window of each output cell in the scaled image, mapped back to the original one. The
             # corners follow the 1-based inclusive convention the nets were trained with (pixels
             # 2c+1 .. 2c+12, so the regression unit is 11 px); with 0-based, 12 px wide windows
-            # the proposals come out ~8% larger than mtcnn 1.0.0's and the cascade drifts.
+            # the proposals come out ~9% larger than mtcnn 1.0.0's and the cascade drifts.
             windows = np.stack([cols * PNET_STRIDE + 1, rows * PNET_STRIDE + 1,
                                 cols * PNET_STRIDE + PNET_CELL, rows * PNET_STRIDE + PNET_CELL], axis=1) / scale
             boxes = apply_offsets(windows, offsets[rows, cols])
