@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import numbers
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,8 +325,8 @@ class FaceDetector:
             raise ValueError(f"thresholds must be three numbers in [0, 1), got {thresholds!r}") from None
         if len(thresholds) != 3 or not all(0.0 <= t < 1.0 for t in thresholds):
             raise ValueError(f"thresholds must be three numbers in [0, 1) for P-, R- and O-net, got {thresholds!r}")
-        if not isinstance(scale_factor, (int, float)) or not 0.0 < float(scale_factor) < 1.0 \
-                or math.isnan(scale_factor):
+        if isinstance(scale_factor, bool) or not isinstance(scale_factor, numbers.Real) \
+                or not 0.0 < float(scale_factor) < 1.0:
             raise ValueError(f"scale_factor must be in (0, 1) (each pyramid level shrinks), got {scale_factor!r}")
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ValueError(f"threads must be an integer >= 1, got {threads!r}")

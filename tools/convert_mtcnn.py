@@ -30,6 +30,8 @@ from pathlib import Path
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
+# Bumped whenever the conversion itself changes, so folders built by an older converter are rebuilt.
+CONVERTER_VERSION = 2
 
 SOURCES = {
     "litert": {"package": "mtcnn", "version": "1.0.0", "license": "MIT"},
@@ -104,8 +106,8 @@ def is_up_to_date(out: Path, backend: str) -> bool:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError):
         return False
-    if (manifest.get("format") != FORMAT_VERSION or manifest.get("backend") != backend
-            or manifest.get("source") != SOURCES[backend]):
+    if (manifest.get("format") != FORMAT_VERSION or manifest.get("converter") != CONVERTER_VERSION
+            or manifest.get("backend") != backend or manifest.get("source") != SOURCES[backend]):
         return False
     files = manifest.get("files", {})
     if set(files) != set(FILES[backend].values()):
@@ -217,6 +219,7 @@ def build(out: Path, backend: str = "litert", force: bool = False) -> bool:
                 (out / name).unlink(missing_ok=True)
     manifest = {
         "format": FORMAT_VERSION,
+        "converter": CONVERTER_VERSION,
         "backend": backend,
         "source": SOURCES[backend],
         "nets": FILES[backend],
