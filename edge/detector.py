@@ -27,6 +27,11 @@ from edge.runtime import load_interpreter
 
 MANIFEST = "manifest.json"
 BACKENDS = ("litert", "opencv")
+# What each backend's code below feeds its nets; the manifest must say the same (tools/convert_mtcnn.py).
+INPUT_CONVENTIONS = {
+    "litert": {"layout": "NHWC", "channels": "RGB", "normalization": "(x - 127.5) / 128", "transposed": False},
+    "opencv": {"layout": "NHWC", "channels": "RGB", "normalization": "(x - 127.5) / 128", "transposed": True},
+}
 PNET_CELL = 12  # P-net sees a 12x12 window ...
 PNET_STRIDE = 2  # ... every 2 pixels of the scaled image
 RNET_SIZE = 24
@@ -339,6 +344,10 @@ class FaceDetector:
             raise ModelError(f"{self.models_dir} holds {manifest['backend']} nets, not {backend}; rebuild with "
                              f"`python -m tools.convert_mtcnn --out {self.models_dir} --backend {backend}`")
         self.backend = manifest["backend"]
+        if manifest.get("input") != INPUT_CONVENTIONS[self.backend]:
+            raise ModelError(f"{self.models_dir / MANIFEST}: input conventions {manifest.get('input')} are not the "
+                             f"ones this detector feeds {self.backend} nets ({INPUT_CONVENTIONS[self.backend]}); "
+                             f"rebuild with `make models`")
         self.min_face_size = int(min_face_size)
         self.thresholds = thresholds
         self.scale_factor = float(scale_factor)

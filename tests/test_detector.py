@@ -163,6 +163,12 @@ def test_missing_or_altered_net_is_refused(mtcnn_dir: Path, tmp_path: Path) -> N
     onet.write_bytes(bytes(data))
     with pytest.raises(ModelError, match="sha256"):
         FaceDetector(copy)
+    onet.write_bytes((mtcnn_dir / manifest["nets"]["onet"]).read_bytes())
+    FaceDetector(copy)  # restored
+    manifest["input"]["channels"] = "BGR"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="input conventions"):
+        FaceDetector(copy)
     onet.unlink()
     with pytest.raises(ModelError, match="make models"):
         FaceDetector(copy)

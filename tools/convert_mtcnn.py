@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edge.detector import INPUT_CONVENTIONS
+
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 # Bumped whenever the conversion itself changes, so folders built by an older converter are rebuilt.
@@ -41,13 +43,10 @@ FILES = {
     "litert": {"pnet": "pnet.tflite", "rnet": "rnet.tflite", "onet": "onet.tflite"},
     "opencv": {"pnet": "pnet.onnx", "rnet": "rnet.onnx", "onet": "onet.onnx"},
 }
-# How each backend's nets want their input: both take RGB scaled by (x - 127.5) / 128 in NHWC
-# order; the ONNX nets (Keras ports of the original Caffe weights) also expect the image
-# transposed (width first), as the original MATLAB/Caffe MTCNN fed them.
-CONVENTIONS = {
-    "litert": {"layout": "NHWC", "channels": "RGB", "normalization": "(x - 127.5) / 128", "transposed": False},
-    "opencv": {"layout": "NHWC", "channels": "RGB", "normalization": "(x - 127.5) / 128", "transposed": True},
-}
+# How each backend's nets want their input (RGB, NHWC, (x - 127.5) / 128; the ONNX nets, Keras
+# ports of the original Caffe weights, also want the image transposed, width first): the
+# detector's own table, so the manifest always says what the detector feeds.
+CONVENTIONS = INPUT_CONVENTIONS
 # Output tensor names of the ONNX nets, in the order (box regression, [landmarks], face probability).
 ONNX_OUTPUTS = {
     "pnet": ["conv2d_4", "softmax"],
