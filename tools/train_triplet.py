@@ -62,16 +62,20 @@ class Faces:
 
 def detect_crops(photos: list[Photo], mtcnn_dir: Path, spec: CropSpec, cache: Path | None = None) -> Faces:
     """Largest face of every photo, cropped like the door does; photos without a face are listed."""
+    import edge.detector
+
+    # The cache is valid for these photos, crop settings, MTCNN files and detector code only.
+    detector_files = [Path(edge.detector.__file__), *sorted(Path(mtcnn_dir).glob("*"))]
     key = hashlib.sha256(json.dumps([
         [str(p.path), p.person, p.path.stat().st_size, p.path.stat().st_mtime_ns] for p in photos
-    ] + [spec.method, spec.margin_px, spec.size, str(mtcnn_dir)]).encode()).hexdigest()[:16]
+    ] + [spec.method, spec.margin_px, spec.size] + [
+        hashlib.sha256(f.read_bytes()).hexdigest() for f in detector_files if f.is_file()
+    ]).encode()).hexdigest()[:16]
     if cache is not None and cache.is_file():
         stored = np.load(cache, allow_pickle=False)
         if str(stored["key"]) == key:
             return Faces(stored["crops"], stored["persons"], [str(x) for x in stored["no_face"]])
-    from edge.detector import FaceDetector
-
-    detector = FaceDetector(mtcnn_dir, threads=max(1, (os.cpu_count() or 1)))
+    detector = edge.detector.FaceDetector(mtcnn_dir, threads=max(1, (os.cpu_count() or 1)))
     crops, persons, no_face = [], [], []
     bar = keras.utils.Progbar(len(photos), unit_name="photo")
     for photo in photos:
