@@ -173,3 +173,36 @@ def test_built_facenet_models_meet_quality(models_dir: Path, mode: str) -> None:
     assert quality["faces"] >= 4 and quality["cosine_to_float_mean"] >= 0.99, quality
     assert quality["float_roc_auc"] - quality["roc_auc"] <= 0.01, quality
     assert 0.5 < meta.threshold < 1.5
+
+
+def test_build_cache_is_keyed_and_install_is_idempotent(tmp_path: Path, monkeypatch) -> None:
+    """tools.build_models: a key is built once, a failed build leaves no cache entry, installs skip identical files."""
+    from tools import build_models
+
+    monkeypatch.setattr(build_models, "CACHE", tmp_path / "cache")
+    calls = []
+
+    def build(folder: Path) -> None:
+        calls.append(folder)
+        (folder / "a.bin").write_bytes(b"artifact")
+
+    key = build_models.digest("a.bin", {"mode": "fp32"}, [1, 2])
+    assert key != build_models.digest("a.bin", {"mode": "fp16"}, [1, 2])
+    first = build_models.cached_build(key, ["a.bin"], build)
+    again = build_models.cached_build(key, ["a.bin"], build)
+    assert first == again and len(calls) == 1
+
+    def broken(folder: Path) -> None:
+        (folder / "half.bin").write_bytes(b"x")
+        raise ModelError("conversion failed")
+
+    other = build_models.digest("other")
+    with pytest.raises(ModelError, match="conversion failed"):
+        build_models.cached_build(other, ["b.bin"], broken)
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == [key]
+
+    out = tmp_path / "out" / "a.bin"
+    assert build_models.install(first / "a.bin", out) is True
+    assert build_models.install(first / "a.bin", out) is False
+    out.write_bytes(b"edited by hand")
+    assert build_models.install(first / "a.bin", out) is True and out.read_bytes() == b"artifact"
