@@ -133,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
             raise EdgeError(f"--far must be in (0, 1), got {args.far}")
         people = people_photos(args.people_dir)
         recognizer = Recognizer.from_paths(args.model, None, mtcnn_dir=args.mtcnn_dir, threads=args.threads,
-                                           min_face_size=args.min_face, flip=args.flip)
+                                           min_face_size=args.min_face, flip=args.flip, pad_retry=True)
         embeddings, labels, digests, skipped = [], [], [], []
         for name, photos in people.items():
             for photo in photos:
                 image = load_image(photo)
-                faces = recognizer.detector.detect(image)
+                faces = recognizer.detect(image)
                 if not faces:
                     skipped.append(str(photo))
                     continue

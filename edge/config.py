@@ -67,6 +67,11 @@ def _threads(value: int) -> str | None:
     return None if 1 <= value <= 64 else f"must be an integer 1-64, got {value!r}"
 
 
+def _min_face(value: int) -> str | None:
+    # MTCNN's P-net looks through a 12 px window; smaller faces would need the frame upsampled.
+    return None if 12 <= value <= 10000 else f"must be an integer 12-10000 (pixels), got {value!r}"
+
+
 def _threshold(value: float | None) -> str | None:
     if value is None:
         return None
@@ -119,7 +124,7 @@ class ModelConfig:
     mtcnn_dir: str = _f("models/mtcnn", "Detector models", "Folder with the MTCNN networks.", _non_empty)
     threads: int = _f(2, "Threads", "CPU threads for each network (a Raspberry Pi 4/5 has 4 cores).", _threads)
     min_face_size: int = _f(40, "Smallest face", "Smallest face in pixels the detector looks for; larger "
-                            "is faster and ignores people far from the door.", _positive)
+                            "is faster and ignores people far from the door.", _min_face)
     threshold: float | None = _f(None, "Match threshold", "L2 distance at or below which a face matches an "
                                  "enrolled person (null: the model's calibrated threshold).", _threshold)
 

@@ -32,6 +32,9 @@ INPUT_CONVENTIONS = {
     "litert": {"layout": "NHWC", "channels": "RGB", "normalization": "(x - 127.5) / 128", "transposed": False},
     "opencv": {"layout": "NHWC", "channels": "RGB", "normalization": "(x - 127.5) / 128", "transposed": True},
 }
+# Borders (fractions of the longer side) tried in turn around a photo in which nothing was found
+# (see FaceDetector.detect); MTCNN's response to a tight crop depends on the exact framing.
+PAD_RETRY_FRACTIONS = (0.1, 0.25, 0.5)
 PNET_CELL = 12  # P-net sees a 12x12 window ...
 PNET_STRIDE = 2  # ... every 2 pixels of the scaled image
 RNET_SIZE = 24
@@ -361,8 +364,42 @@ class FaceDetector:
                                  f"rebuild with `make models`")
             self._nets = _OpenCVNets(paths, int(threads), outputs)
 
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces in an RGB uint8 image, largest box first."""
+    def detect(self, image: np.ndarray, pad_retry: bool = False) -> list[Face]:
+        """Faces in an RGB uint8 image, largest box first.
+
+        `pad_retry`: when nothing is found, look again on the image framed by a grey border (a
+        tenth, a quarter, then half of its longer side, until a face turns up). A tight portrait
+        crop (forehead or chin cut off, as in ID photos and face-chip datasets) lacks the context
+        around the face that MTCNN needs; the border gives it back. Meant for photo files
+        (enrollment, recognition of files), not for camera frames, where it would multiply the
+        cost of every empty frame.
+        """
+        faces = self._detect(image)
+        if faces or not pad_retry:
+            return faces
+        for fraction in PAD_RETRY_FRACTIONS:
+            faces = self._detect_framed(image, int(round(fraction * max(image.shape[:2]))))
+            if faces:
+                return faces
+        return []
+
+    def _detect_framed(self, image: np.ndarray, border: int) -> list[Face]:
+        """Faces found with a grey border around the image, in the image's own coordinates."""
+        height, width = image.shape[:2]
+        framed = cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_CONSTANT,
+                                    value=(128, 128, 128))
+        faces = []
+        for face in self._detect(framed):
+            x, y, w, h = face.box
+            x1, y1 = max(x - border, 0.0), max(y - border, 0.0)
+            x2, y2 = min(x + w - border, float(width)), min(y + h - border, float(height))
+            if x2 - x1 < 0.5 * w or y2 - y1 < 0.5 * h:
+                continue  # mostly on the border: not a face of the photo
+            faces.append(Face((x1, y1, x2 - x1, y2 - y1), face.score,
+                              (face.landmarks - np.float32(border)).astype(np.float32)))
+        return faces
+
+    def _detect(self, image: np.ndarray) -> list[Face]:
         image = check_image(image)
         height, width = image.shape[:2]
         normalized = normalize(image)

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             raise EdgeError(f"{args.gallery}: no such gallery (enroll someone first with tools/enroll.py)")
         recognizer = Recognizer.from_paths(args.model, args.gallery, mtcnn_dir=args.mtcnn_dir, threads=args.threads,
                                            min_face_size=args.min_face, threshold=args.threshold, flip=args.flip,
-                                           readonly=True)
+                                           readonly=True, pad_retry=True)
     except (EdgeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR

@@ -43,8 +43,10 @@ class Recognizer:
     """Detector + embedder + gallery with one threshold."""
 
     def __init__(self, detector: FaceDetector, embedder: Embedder, gallery: Gallery | None,
-                 threshold: float | None = None, crop: CropSpec = DEFAULT_CROP, flip: bool = False) -> None:
+                 threshold: float | None = None, crop: CropSpec = DEFAULT_CROP, flip: bool = False,
+                 pad_retry: bool = False) -> None:
         self.detector = detector
+        self.pad_retry = bool(pad_retry)  # photo files: look again inside a border (FaceDetector.detect)
         self.embedder = embedder
         self.gallery = gallery
         self.threshold = float(embedder.threshold if threshold is None else threshold)
@@ -59,7 +61,8 @@ class Recognizer:
     @classmethod
     def from_paths(cls, model_path: str | Path, gallery_path: str | Path | None, mtcnn_dir: str | Path = "models/mtcnn",
                    threads: int = 1, min_face_size: int = 20, threshold: float | None = None,
-                   crop: CropSpec = DEFAULT_CROP, flip: bool = False, readonly: bool = False) -> Recognizer:
+                   crop: CropSpec = DEFAULT_CROP, flip: bool = False, readonly: bool = False,
+                   pad_retry: bool = False) -> Recognizer:
         """Build the whole pipeline from files; `gallery_path=None` only detects and embeds.
 
         The gallery is created (empty, private) when it does not exist unless `readonly`.
@@ -67,11 +70,15 @@ class Recognizer:
         detector = FaceDetector(mtcnn_dir, min_face_size=min_face_size, threads=threads)
         embedder = Embedder(model_path, threads=threads)
         gallery = None if gallery_path is None else Gallery(gallery_path, embedder.model_id, readonly=readonly)
-        return cls(detector, embedder, gallery, threshold=threshold, crop=crop, flip=flip)
+        return cls(detector, embedder, gallery, threshold=threshold, crop=crop, flip=flip, pad_retry=pad_retry)
 
     @property
     def model_id(self) -> str:
         return self.embedder.model_id
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces of an RGB uint8 image, largest first (with the pad retry when set)."""
+        return self.detector.detect(image, pad_retry=self.pad_retry)
 
     def crops(self, image: np.ndarray, faces: list[Face]) -> np.ndarray:
         """Model-ready uint8 crops (N, S, S, 3) of the faces, cut as `self.crop` says."""
@@ -112,7 +119,7 @@ class Recognizer:
 
     def recognize(self, image: np.ndarray) -> list[Recognition]:
         """Every face in an RGB uint8 image, largest first, with its best gallery match."""
-        faces = self.detector.detect(image)
+        faces = self.detect(image)
         if not faces:
             return []
         embeddings = self.embed_faces(image, faces)

@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             raise EdgeError(f"--threshold must be an L2 distance in (0, 4), got {args.threshold}")
         images = [load_image(args.image_a), load_image(args.image_b)]
         recognizer = Recognizer.from_paths(args.model, None, mtcnn_dir=args.mtcnn_dir, min_face_size=args.min_face,
-                                           threshold=args.threshold, flip=args.flip)
+                                           threshold=args.threshold, flip=args.flip, pad_retry=True)
         embeddings = []
         for path, image in zip((args.image_a, args.image_b), images, strict=True):
-            faces = recognizer.detector.detect(image)
+            faces = recognizer.detect(image)
             if not faces:
                 raise NoFaceError(f"{path}: no face found")
             largest = max(faces, key=lambda f: f.box[2] * f.box[3])

@@ -157,7 +157,7 @@ def enroll(recognizer: Any, gallery: Gallery, name: str, photos: list[Path], gat
             report.skipped.append((photo, "this photo is already enrolled for this person"))
             continue
         image = decode_image(data, str(photo))  # unreadable or corrupt: an error, not a gate refusal
-        faces = recognizer.detector.detect(image)
+        faces = recognizer.detect(image)
         try:
             face = select_face(image, faces, gates, what=str(photo))
         except GateRefusal as exc:
@@ -198,7 +198,7 @@ def _cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"no image files found in {', '.join(map(str, args.images))}")
     recognizer = Recognizer.from_paths(settings.model, settings.gallery, mtcnn_dir=settings.mtcnn_dir,
                                        threads=settings.threads, min_face_size=20,
-                                       threshold=settings.threshold, flip=args.flip)
+                                       threshold=settings.threshold, flip=args.flip, pad_retry=True)
     gates = GateSettings(min_face_px=args.min_face, min_sharpness=args.min_sharpness, largest=args.largest)
     try:
         report = enroll(recognizer, recognizer.gallery, name, photos, gates, force=args.force,

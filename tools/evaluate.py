@@ -94,14 +94,20 @@ class EdgePipeline:
         self.embedder = Embedder(model, threads=threads)
         self.detector = FaceDetector(mtcnn_dir, min_face_size=min_face_size, threads=threads)
         self.threshold = float(self.embedder.threshold if threshold is None else threshold)
-        self.recognizer = Recognizer(self.detector, self.embedder, None, threshold=self.threshold, crop=crop, flip=flip)
+        # Photo files, as tools/enroll.py and edge.recognize read them: pad retry on tight crops.
+        self.recognizer = Recognizer(self.detector, self.embedder, None, threshold=self.threshold, crop=crop, flip=flip,
+                                     pad_retry=True)
         self.name = self.embedder.model_id
 
     def detect(self, image: np.ndarray) -> list[Any]:
-        return self.detector.detect(image)
+        return self.recognizer.detect(image)
 
     def embed(self, image: np.ndarray, face: Any) -> np.ndarray:
         return self.recognizer.embed_faces(image, [face])[0]
+
+    def enroll(self, image: np.ndarray, face: Any) -> np.ndarray:
+        """The (K, D) embeddings tools/enroll.py stores for one photo."""
+        return self.recognizer.enrollment_embeddings(image, face)
 
 
 @dataclass
@@ -113,6 +119,9 @@ class Collected:
     found: np.ndarray  # (N,) bool: a face was found
     detect_s: list[float] = field(default_factory=list)
     embed_s: list[float] = field(default_factory=list)  # only photos with a face
+    # Row index -> what enrollment stores for that photo, for each person's first photo with a face,
+    # when the pipeline enrolls differently from how it probes (ours: several views per photo).
+    enroll_views: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def collect(pipeline: FacePipeline, photos: Sequence[Photo], progress: bool = False,
@@ -124,6 +133,9 @@ def collect(pipeline: FacePipeline, photos: Sequence[Photo], progress: bool = Fa
     rows: list[np.ndarray | None] = []
     detect_s: list[float] = []
     embed_s: list[float] = []
+    enroll_views: dict[int, np.ndarray] = {}
+    enroll = getattr(pipeline, "enroll", None)
+    enroll_rows, _ = enrollment_plan([photo.person for photo in photos])
     for index, photo in enumerate(photos, 1):
         image = load_image(photo.path)
         if prepare is not None:
@@ -135,13 +147,16 @@ def collect(pipeline: FacePipeline, photos: Sequence[Photo], progress: bool = Fa
             start = time.perf_counter()
             rows.append(np.asarray(pipeline.embed(image, faces[0]), dtype=np.float32).ravel())
             embed_s.append(time.perf_counter() - start)
+            if enroll is not None and index - 1 in enroll_rows:
+                enroll_views[index - 1] = np.asarray(enroll(image, faces[0]), dtype=np.float32)
         else:
             rows.append(None)
         if progress:
             print(f"\r{pipeline.name}: {index}/{len(photos)} photos", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
-    return Collected(list(photos), stack_embeddings(rows), np.array([r is not None for r in rows]), detect_s, embed_s)
+    return Collected(list(photos), stack_embeddings(rows), np.array([r is not None for r in rows]), detect_s, embed_s,
+                     enroll_views)
 
 
 def stack_embeddings(rows: Sequence[np.ndarray | None]) -> np.ndarray:
@@ -183,7 +198,8 @@ def enrollment_plan(persons: Sequence[str]) -> tuple[list[int], list[int]]:
     return enroll, probes
 
 
-def open_set(embeddings: np.ndarray, found: np.ndarray, persons: Sequence[str], threshold: float) -> dict[str, int]:
+def open_set(embeddings: np.ndarray, found: np.ndarray, persons: Sequence[str], threshold: float,
+             enroll_views: dict[int, np.ndarray] | None = None) -> dict[str, int]:
     """Door-style counts. `persons` is sorted by person then file name, as `list_people` returns it.
 
     A person with two or more photos is enrolled from their first photo; if no face is found on
@@ -194,12 +210,15 @@ def open_set(embeddings: np.ndarray, found: np.ndarray, persons: Sequence[str], 
     counts = {p: persons.count(p) for p in persons}
     enroll, probes = enrollment_plan(persons)
     enrolled_rows = [i for i in enroll if found[i]]
-    names = [persons[i] for i in enrolled_rows]
+    # Each enrolled photo stands for every view enrollment stored of it (the nearest view counts).
+    views = [enroll_views[i] if enroll_views and i in enroll_views else embeddings[i:i + 1] for i in enrolled_rows]
+    references = np.concatenate(views) if views else embeddings[:0]
+    names = [persons[i] for i, v in zip(enrolled_rows, views, strict=True) for _ in range(len(v))]
     result = {"genuine": 0, "correct_accept": 0, "false_reject": 0, "wrong_accept": 0,
-              "strangers": 0, "stranger_accept": 0, "enrolled": len(names),
+              "strangers": 0, "stranger_accept": 0, "enrolled": len(enrolled_rows),
               "enroll_no_face": len(enroll) - len(enrolled_rows), "genuine_no_face": 0, "stranger_no_face": 0}
     with_face = [i for i in probes if found[i]]
-    matches = dict(zip(with_face, nearest(embeddings[with_face], embeddings[enrolled_rows], names, threshold),
+    matches = dict(zip(with_face, nearest(embeddings[with_face], references, names, threshold),
                        strict=True))
     for i in probes:
         stranger = counts[persons[i]] == 1
@@ -294,7 +313,7 @@ def summarize(collected: Collected, threshold: float, model: str) -> dict[str, A
         "pairs": verify["pairs"],
         "genuine_pairs": verify["genuine_pairs"],
         "threshold": float(threshold),
-        "open_set": open_set(collected.embeddings, found, persons, threshold),
+        "open_set": open_set(collected.embeddings, found, persons, threshold, collected.enroll_views),
         "svm_accuracy": svm,
         "svm_people": svm_people,
         "svm_folds": SVM_FOLDS,
