@@ -33,7 +33,7 @@ test: setup models lint
 	$(PY) -m pytest
 
 demo: setup models
-	$(PY) -m edge.daemon --demo
+	$(PY) -m edge.daemon --config config.yaml --demo
 
 bench: setup models
 	$(PY) -m bench.run_all
