@@ -57,6 +57,29 @@ def bench(model: Path, threads: int, runs: int, warmup: int = 5, batch: int = 1)
     }
 
 
+def kernel_deviations(model: Path) -> dict[str, float]:
+    """Check-vector deviation of the same model on LiteRT's other correct kernel paths.
+
+    XNNPACK (default), the built-in optimized kernels without delegates, and the reference
+    kernels: how far correct runtimes spread is what the metadata tolerance must allow.
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from edge import runtime
+    from edge.model_metadata import check_deviation
+
+    paths = {"xnnpack": OpResolverType.AUTO, "builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+             "reference": OpResolverType.BUILTIN_REF}
+    result = {}
+    for name, resolver in paths.items():
+        runtime.RUNTIMES[f"litert-{name}"] = (
+            lambda path, threads, r=resolver: Interpreter(model_path=path, num_threads=threads,
+                                                          experimental_op_resolver_type=r))
+        embedder = Embedder(model, runtime=f"litert-{name}", verify=False)
+        result[name] = check_deviation(embedder.metadata, embedder.embed(check_input(embedder.input_size)))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=REPO / "models" / "facenet")
@@ -64,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--check-kernels", action="store_true",
+                        help="also report each model's check-vector deviation on LiteRT's other kernel paths")
     args = parser.parse_args(argv)
     if args.runs < 50:
         print("note: fewer than 50 runs; docs/models.md numbers use >= 50", file=sys.stderr)
@@ -80,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(f"{r['model']:<24}{r['runtime']:<9}{r['size_mb']:>9.1f}{r['median_ms']:>11.1f}{r['p90_ms']:>9.1f}"
               f"{r['load_and_verify_s']:>8.2f}", flush=True)
+    if args.check_kernels:
+        print(f"\n{'model':<24}{'tolerance':>10}  deviation per kernel path")
+        for model, r in zip(models, results, strict=True):
+            deviations = kernel_deviations(model)
+            r["kernel_deviations"] = deviations
+            tolerance = Embedder(model, verify=False).metadata.check.tolerance
+            shown = "  ".join(f"{name} {value:.2e}" for name, value in deviations.items())
+            print(f"{model.name:<24}{tolerance:>10g}  {shown}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -85,7 +85,7 @@ class Embedder:
         self.deviation = deviation
         if not deviation <= check.tolerance:
             raise ModelError(f"{self.model_path}: runtime {self.runtime} computes wrong embeddings: check vector "
-                             f"deviates by {deviation:.3g} (tolerance {check.tolerance:g}); refusing this model")
+                             f"deviates by L2 {deviation:.3g} (tolerance {check.tolerance:g}); refusing this model")
         return deviation
 
     def _prepare(self, crops: np.ndarray) -> np.ndarray:

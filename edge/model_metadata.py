@@ -26,9 +26,12 @@ MODES = ("fp32", "fp16", "dynamic", "int8")
 IO_DTYPES = ("float32", "int8", "uint8")
 NORMALIZATION_MEAN = 127.5
 NORMALIZATION_SCALE = 128.0
-# Largest deviation (max abs over the L2-normalized check embedding) a correct runtime may show.
-# Float kernels differ in summation order only; integer kernels can round one step differently.
-DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 2e-3, "dynamic": 1e-2, "int8": 2e-2}
+# Largest deviation a correct runtime may show, as the L2 distance between the check embedding it
+# computes and the stored one (the unit the matching threshold, ~1.0, is in). Measured spread
+# between LiteRT's correct kernel paths (XNNPACK, built-in, reference): fp32/fp16 ~2e-7,
+# dynamic 0.007, int8 0.046; a one-pixel shift of the input moves the embedding by ~0.14 and a
+# swapped channel order by ~0.24 (bench/bench_embedder.py --check-kernels, docs/models.md).
+DEFAULT_TOLERANCE = {"fp32": 5e-3, "fp16": 5e-2, "dynamic": 3e-2, "int8": 8e-2}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -214,9 +217,9 @@ def input_sha256(image: np.ndarray) -> str:
 
 
 def check_deviation(metadata: ModelMetadata, embedding: np.ndarray) -> float:
-    """Max abs difference between a computed check embedding and the stored one."""
+    """L2 distance between a computed check embedding and the stored one (inf if shapes differ)."""
     expected = metadata.check.expected_array()
     embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
     if embedding.shape != expected.shape:
         return float("inf")
-    return float(np.max(np.abs(embedding - expected)))
+    return float(np.linalg.norm(embedding - expected))

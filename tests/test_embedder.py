@@ -98,7 +98,7 @@ def test_tampered_check_vector_is_refused_naming_runtime(tiny_models: dict[str, 
     data = json.loads(meta_path.read_text())
     data["check"]["expected"][0] += 0.5
     meta_path.write_text(json.dumps(data))
-    with pytest.raises(ModelError, match=r"runtime litert computes wrong embeddings: check vector deviates by 0\.5"):
+    with pytest.raises(ModelError, match=r"runtime litert computes wrong embeddings: check vector deviates by L2 0\.5"):
         Embedder(model)
     Embedder(model, verify=False)  # explicitly unverified loads still work (used by the converter)
 
