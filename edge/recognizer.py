@@ -18,12 +18,12 @@ from edge.embedder import Embedder
 from edge.errors import ConfigError
 from edge.gallery import Gallery
 
-DEFAULT_CROP = CropSpec()  # box crop, 32 px margin padded at the edges, 160 px (docs/crops.md)
+DEFAULT_CROP = CropSpec()  # box crop, 44 px margin padded at the edges, 160 px (docs/crops.md)
 
-# Enrollment stores several views of each photo: the probe's own crop first, then wider and
-# tighter margins and the mirror images. A one-photo enrollment then covers a little of the
-# framing and pose variation the door camera will see; measured in docs/crops.md.
-ENROLLMENT_MARGINS_PX = (32.0, 24.0, 44.0)
+# Enrollment stores several views of each photo: the probe's own crop first, then a tighter and a
+# wider margin and the mirror images. A one-photo enrollment then covers a little of the framing
+# and pose variation the door camera will see; measured in docs/crops.md.
+ENROLLMENT_MARGIN_OFFSETS_PX = (0.0, -8.0, 12.0)
 
 
 @dataclass
@@ -103,13 +103,14 @@ class Recognizer:
     def enrollment_embeddings(self, image: np.ndarray, face: Face) -> np.ndarray:
         """(K, D) embeddings of one enrollment face: row 0 is exactly what `embed_faces` gives.
 
-        With a box crop: one view per margin of ENROLLMENT_MARGINS_PX and the mirror of each.
+        With a box crop: one view per margin offset of ENROLLMENT_MARGIN_OFFSETS_PX, and the
+        mirror of each.
         With an aligned crop there is no margin to vary: the crop and its mirror.
         """
         size = self.embedder.input_size
         if self.crop.method == "box":
-            specs = [replace(self.crop, size=size, margin_px=m) for m in ENROLLMENT_MARGINS_PX]
-            specs[0] = replace(self.crop, size=size)
+            specs = [replace(self.crop, size=size, margin_px=max(self.crop.margin_px + offset, 0.0))
+                     for offset in ENROLLMENT_MARGIN_OFFSETS_PX]
         else:
             specs = [replace(self.crop, size=size)]
         crops = np.stack([face_crop(image, face.box, face.landmarks, spec) for spec in specs])

@@ -18,7 +18,7 @@ from edge.errors import ImageError
 from edge.gallery import Gallery
 from edge.images import load_image
 from edge.quality_gates import GateSettings
-from edge.recognizer import ENROLLMENT_MARGINS_PX
+from edge.recognizer import ENROLLMENT_MARGIN_OFFSETS_PX
 from tools import enroll as enroll_tool
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def test_one_photo_enrolls(recognizer, gallery: Gallery, fr_images: dict[str, Pa
     assert report.exit_code == 0 and report.enrolled == 1 and not report.refused
     rows = gallery.enrollments("biden")
     # One photo is stored as several views (margins x mirror), all traced back to that photo.
-    assert len(rows) == 2 * len(ENROLLMENT_MARGINS_PX)
+    assert len(rows) == 2 * len(ENROLLMENT_MARGIN_OFFSETS_PX)
     assert {(r.source, r.image_sha256, r.model_id) for r in rows} == {
         ("biden.jpg", hashlib.sha256(fr_images["biden"].read_bytes()).hexdigest(), recognizer.model_id)}
     # Enrolling the same photo again adds nothing.
@@ -66,7 +66,7 @@ def test_enrollment_views_start_with_the_probe_embedding(recognizer, fr_images: 
     image = load_image(fr_images["obama2"])
     face = recognizer.detector.detect(image)[0]
     views = recognizer.enrollment_embeddings(image, face)
-    assert views.shape == (2 * len(ENROLLMENT_MARGINS_PX), recognizer.embedder.metadata.embedding_size)
+    assert views.shape == (2 * len(ENROLLMENT_MARGIN_OFFSETS_PX), recognizer.embedder.metadata.embedding_size)
     assert np.allclose(views[0], recognizer.embed_faces(image, [face])[0], atol=1e-6)
     assert np.allclose(np.linalg.norm(views, axis=1), 1.0, atol=1e-4)
     # The views differ (they are not copies) but stay close to the probe-style embedding.
@@ -199,12 +199,12 @@ def test_export_import_roundtrip_and_model_check(tmp_path: Path, facenet_model: 
     fresh = tmp_path / "fresh.db"
     assert cli("import", str(exported), gallery=fresh, **kw) == 0
     assert cli("import", str(exported), gallery=fresh, **kw) == 0  # twice: nothing duplicated
-    # 3 photos, each stored as 2 * len(ENROLLMENT_MARGINS_PX) embeddings.
-    assert f"{3 * 2 * len(ENROLLMENT_MARGINS_PX)} already present" in capsys.readouterr().out
+    # 3 photos, each stored as 2 * len(ENROLLMENT_MARGIN_OFFSETS_PX) embeddings.
+    assert f"{3 * 2 * len(ENROLLMENT_MARGIN_OFFSETS_PX)} already present" in capsys.readouterr().out
     with Gallery(fresh, recognizer.model_id) as g:
         rows = g.enrollments()
         assert len({r.image_sha256 for r in rows}) == 3 and {r.name for r in rows} == {"biden", "obama"}
-        assert len(rows) == 3 * 2 * len(ENROLLMENT_MARGINS_PX)
+        assert len(rows) == 3 * 2 * len(ENROLLMENT_MARGIN_OFFSETS_PX)
         assert sorted((r.image_sha256, r.embedding.tobytes()) for r in rows) == before
 
     data["model_id"] = "facenet-fp32-000000000000"

@@ -86,7 +86,7 @@ def measure(people_dir: Path, model: Path, mtcnn_dir: Path, far: float) -> tuple
     records = []
     for photo in photos:
         image = load_image(photo.path)
-        faces = detector.detect(image)
+        faces = detector.detect(image, pad_retry=True)  # photo files, as enrollment reads them
         records.append((image, faces[0] if faces else None))
     persons = [photo.person for photo in photos]
     found = np.array([face is not None for _, face in records])
