@@ -265,8 +265,15 @@ class Daemon:
         gallery = getattr(self.recognizer, "gallery", None)
         if gallery is not None and not gallery.people():
             log.warning("the gallery %s has nobody enrolled: every face will be 'unknown'", self.config.gallery.path)
+        stale = gallery.stale_people() if gallery is not None else []
+        if stale:
+            log.warning("%d people were enrolled with another model and cannot be recognized until they are "
+                        "re-enrolled with %s: %s", len(stale), self.model_id, ", ".join(stale))
         self.mqtt.start()
-        self._status("started", f"model {self.model_id}")
+        detail = f"model {self.model_id}"
+        if stale:
+            detail += f"; must be re-enrolled for this model: {', '.join(stale)}"
+        self._status("started", detail)
         self._door("startup")
         self.camera.start()
 
@@ -430,9 +437,9 @@ def prepare_demo(config: Config, state_dir: Path) -> Config:
         faces = recognizer.detector.detect(image)  # largest first
         if not faces:
             raise ConfigError(f"demo enrollment photo {enroll} shows no face")
-        views = recognizer.enrollment_embeddings(image, faces[0])
+        template = recognizer.enrollment_embedding(image, faces[0])  # as tools/enroll.py stores it
         digest = hashlib.sha256(enroll.read_bytes()).hexdigest()
-        gallery.add(DEMO_PERSON, views, [digest] * len(views), [str(enroll)] * len(views))
+        gallery.add(DEMO_PERSON, template[None, :], [digest], [str(enroll)])
         print(f"demo: enrolled {DEMO_PERSON} from {enroll}", flush=True)
     print(f"demo: showing {len(frames)} photos in a loop from {frame_dir}; MQTT {demo.mqtt.host}:{demo.mqtt.port}, "
           f"topics {Topics(demo.mqtt.topic_prefix, demo.device_id).base}/#", flush=True)

@@ -140,10 +140,10 @@ def enrolled_gallery(facenet_model: Path, mtcnn_dir: Path, fr_images: dict[str, 
     image = load_image(fr_images["obama"])
     faces = recognizer.detector.detect(image)
     assert faces, "no face found in obama.jpg"  # largest first: the enrolled face
-    views = recognizer.enrollment_embeddings(image, faces[0])  # as tools/enroll.py stores them
+    template = recognizer.enrollment_embedding(image, faces[0])  # as tools/enroll.py stores it
     gallery = Gallery(path, recognizer.embedder.model_id)
     digest = hashlib.sha256(fr_images["obama"].read_bytes()).hexdigest()
-    gallery.add("obama", views, [digest] * len(views), [str(fr_images["obama"])] * len(views))
+    gallery.add("obama", template[None, :], [digest], [str(fr_images["obama"])])
     gallery.close()
     return path
 
@@ -190,6 +190,36 @@ def test_enrolled_person_gives_one_event_and_one_pulse(tmp_path: Path, broker: B
     pulses = recorder.pulses()
     assert len(pulses) == 1 and 0.45 <= pulses[0] <= 0.7, pulses
     assert pins.pin(17).state == 0
+    sub.close()
+
+
+def test_start_names_people_enrolled_with_another_model(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+                                                        fr_images: dict[str, Path], facenet_model: Path,
+                                                        mtcnn_dir: Path, enrolled_gallery: Path) -> None:
+    from edge.gallery import Gallery
+
+    gallery_path = tmp_path / "gallery.db"
+    gallery_path.write_bytes(enrolled_gallery.read_bytes())
+    gallery_path.chmod(0o600)
+    with Gallery(gallery_path, "facenet-fp32-000000000000") as other_model:
+        vector = np.zeros((1, 512), np.float32)
+        vector[0, 0] = 1.0
+        other_model.add("ghost", vector, ["0" * 64], ["old.jpg"])
+    frames = scene(tmp_path / "frames", [fr_images["obama2"]])
+    config = make_config(tmp_path, broker, frames, camera={"image_hold_s": 0.5},
+                         model={"path": str(facenet_model), "mtcnn_dir": str(mtcnn_dir), "min_face_size": 20,
+                                "threads": 1},
+                         gallery={"path": str(gallery_path)})
+    sub = Subscriber(broker, "test/#")
+    daemon = Daemon(config, default_recognizer, pin_factory=pins)
+    running = Running(daemon)
+    try:
+        assert running.wait(lambda: any(b"started" in p for p in sub.on("/status")), timeout=30)
+    finally:
+        running.stop()
+    started = [json.loads(p) for p in sub.on("/status") if json.loads(p).get("state") == "started"]
+    assert len(started) == 1 and "must be re-enrolled for this model: ghost" in started[0]["detail"]
+    assert "obama" not in started[0]["detail"]
     sub.close()
 
 

@@ -53,25 +53,29 @@ def test_one_photo_enrolls(recognizer, gallery: Gallery, fr_images: dict[str, Pa
     report = enroll_tool.enroll(recognizer, gallery, "biden", [fr_images["biden"]])
     assert report.exit_code == 0 and report.enrolled == 1 and not report.refused
     rows = gallery.enrollments("biden")
-    # One photo is stored as several views (margins x mirror), all traced back to that photo.
-    assert len(rows) == 2 * len(ENROLLMENT_MARGIN_OFFSETS_PX)
-    assert {(r.source, r.image_sha256, r.model_id) for r in rows} == {
-        ("biden.jpg", hashlib.sha256(fr_images["biden"].read_bytes()).hexdigest(), recognizer.model_id)}
+    assert len(rows) == 1 and rows[0].source == "biden.jpg" and rows[0].model_id == recognizer.model_id
+    assert rows[0].image_sha256 == hashlib.sha256(fr_images["biden"].read_bytes()).hexdigest()
     # Enrolling the same photo again adds nothing.
     again = enroll_tool.enroll(recognizer, gallery, "biden", [fr_images["biden"]])
     assert again.enrolled == 0 and len(again.skipped) == 1
 
 
-def test_enrollment_views_start_with_the_probe_embedding(recognizer, fr_images: dict[str, Path]) -> None:
+def test_enrollment_template_is_the_mean_of_its_views(recognizer, fr_images: dict[str, Path]) -> None:
     image = load_image(fr_images["obama2"])
     face = recognizer.detector.detect(image)[0]
-    views = recognizer.enrollment_embeddings(image, face)
+    views = recognizer.enrollment_views(image, face)
     assert views.shape == (2 * len(ENROLLMENT_MARGIN_OFFSETS_PX), recognizer.embedder.metadata.embedding_size)
+    # The first view is exactly the probe's embedding; the others differ (they are not copies).
     assert np.allclose(views[0], recognizer.embed_faces(image, [face])[0], atol=1e-6)
-    assert np.allclose(np.linalg.norm(views, axis=1), 1.0, atol=1e-4)
-    # The views differ (they are not copies) but stay close to the probe-style embedding.
-    distances = np.linalg.norm(views[1:] - views[0], axis=1)
-    assert np.all(distances > 1e-3) and np.all(distances < 0.6)
+    assert np.all(np.linalg.norm(views[1:] - views[0], axis=1) > 1e-3)
+    template = recognizer.enrollment_embedding(image, face)
+    mean = views.mean(axis=0)
+    assert np.allclose(template, mean / np.linalg.norm(mean), atol=1e-6)
+    assert abs(np.linalg.norm(template) - 1.0) < 1e-5
+    # Same person: the template stays close to the plain embedding of another photo of him.
+    other = load_image(fr_images["obama3"])
+    probe = recognizer.embed_faces(other, recognizer.detector.detect(other)[:1])[0]
+    assert np.linalg.norm(template - probe) < recognizer.threshold
 
 
 def test_several_faces_need_largest(recognizer, gallery: Gallery, shared_faces: Path) -> None:
@@ -199,12 +203,10 @@ def test_export_import_roundtrip_and_model_check(tmp_path: Path, facenet_model: 
     fresh = tmp_path / "fresh.db"
     assert cli("import", str(exported), gallery=fresh, **kw) == 0
     assert cli("import", str(exported), gallery=fresh, **kw) == 0  # twice: nothing duplicated
-    # 3 photos, each stored as 2 * len(ENROLLMENT_MARGIN_OFFSETS_PX) embeddings.
-    assert f"{3 * 2 * len(ENROLLMENT_MARGIN_OFFSETS_PX)} already present" in capsys.readouterr().out
+    assert "3 already present" in capsys.readouterr().out
     with Gallery(fresh, recognizer.model_id) as g:
         rows = g.enrollments()
-        assert len({r.image_sha256 for r in rows}) == 3 and {r.name for r in rows} == {"biden", "obama"}
-        assert len(rows) == 3 * 2 * len(ENROLLMENT_MARGIN_OFFSETS_PX)
+        assert len(rows) == 3 and {r.name for r in rows} == {"biden", "obama"}
         assert sorted((r.image_sha256, r.embedding.tobytes()) for r in rows) == before
 
     data["model_id"] = "facenet-fp32-000000000000"

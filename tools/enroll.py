@@ -163,8 +163,7 @@ def enroll(recognizer: Any, gallery: Gallery, name: str, photos: list[Path], gat
         except GateRefusal as exc:
             report.refused.append((photo, str(exc)))
             continue
-        views = recognizer.enrollment_embeddings(image, face)
-        embedding = views[0]
+        embedding = recognizer.enrollment_embedding(image, face)
         gallery.refresh()
         match = gallery.match(embedding, threshold)
         if match.name is not None and match.name != name and not force:
@@ -177,14 +176,14 @@ def enroll(recognizer: Any, gallery: Gallery, name: str, photos: list[Path], gat
             detail += f", nearest other: {match.nearest} at {match.distance:.3f}" if match.nearest != name else \
                 f", distance to {name}'s enrolled photos {match.distance:.3f}"
         report.accepted.append((photo, detail))
-        embeddings.extend(views)
-        shas.extend([digest] * len(views))
-        sources.extend([photo.name] * len(views))
+        embeddings.append(embedding)
+        shas.append(digest)
+        sources.append(photo.name)
     if report.refused and not skip_refused:
         return report
     if embeddings:
         gallery.add(name, np.stack(embeddings), shas, sources)
-        report.enrolled = len(report.accepted)
+        report.enrolled = len(embeddings)
     return report
 
 

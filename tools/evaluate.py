@@ -106,8 +106,8 @@ class EdgePipeline:
         return self.recognizer.embed_faces(image, [face])[0]
 
     def enroll(self, image: np.ndarray, face: Any) -> np.ndarray:
-        """The (K, D) embeddings tools/enroll.py stores for one photo."""
-        return self.recognizer.enrollment_embeddings(image, face)
+        """What tools/enroll.py stores for one photo, as a (1, D) row."""
+        return self.recognizer.enrollment_embedding(image, face)[None, :]
 
 
 @dataclass
@@ -120,7 +120,7 @@ class Collected:
     detect_s: list[float] = field(default_factory=list)
     embed_s: list[float] = field(default_factory=list)  # only photos with a face
     # Row index -> what enrollment stores for that photo, for each person's first photo with a face,
-    # when the pipeline enrolls differently from how it probes (ours: several views per photo).
+    # when the pipeline enrolls differently from how it probes (ours: a template averaged over views).
     enroll_views: dict[int, np.ndarray] = field(default_factory=dict)
 
 
@@ -210,7 +210,7 @@ def open_set(embeddings: np.ndarray, found: np.ndarray, persons: Sequence[str], 
     counts = {p: persons.count(p) for p in persons}
     enroll, probes = enrollment_plan(persons)
     enrolled_rows = [i for i in enroll if found[i]]
-    # Each enrolled photo stands for every view enrollment stored of it (the nearest view counts).
+    # Each enrolled photo is represented by what enrollment stored of it (the nearest row counts).
     views = [enroll_views[i] if enroll_views and i in enroll_views else embeddings[i:i + 1] for i in enrolled_rows]
     references = np.concatenate(views) if views else embeddings[:0]
     names = [persons[i] for i, v in zip(enrolled_rows, views, strict=True) for _ in range(len(v))]
