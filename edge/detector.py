@@ -11,7 +11,6 @@ conventions so the cascade below works in plain (row, column) image space.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import numbers
 from collections import OrderedDict
@@ -23,6 +22,7 @@ import cv2
 import numpy as np
 
 from edge.errors import ImageError, ModelError
+from edge.model_metadata import sha256_file
 from edge.runtime import load_interpreter
 
 MANIFEST = "manifest.json"
@@ -167,14 +167,6 @@ class _OpenCVNets:
         return reg, landmarks, prob[:, 1]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_manifest(models_dir: Path) -> dict:
     """The manifest of a built `models/mtcnn/`, with every listed file present and unchanged."""
     hint = "build it with `make models`"
@@ -197,7 +189,7 @@ def read_manifest(models_dir: Path) -> dict:
         if not path.is_file():
             raise ModelError(f"{path}: MTCNN network missing ({hint})")
         expected = files.get(name, {}).get("sha256")
-        if expected != _sha256(path):
+        if expected != sha256_file(path):
             raise ModelError(f"{path}: sha256 differs from {manifest_path} (corrupt or replaced); "
                              f"rebuild with `make models`")
     return manifest

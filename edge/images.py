@@ -23,18 +23,22 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Read an image file into an RGB uint8 array."""
+def read_image_bytes(path: str | Path) -> bytes:
+    """The raw bytes of an image file (hashed for provenance, then decoded), with clear errors."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a directory, not an image") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror})") from None
-    return decode_image(data, str(path))
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read an image file into an RGB uint8 array."""
+    return decode_image(read_image_bytes(path), str(path))
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -79,3 +79,13 @@ def mtcnn_dir() -> Path:
     if not path.is_dir():
         pytest.fail(f"{path} is missing: build the models first with `make models`")
     return path
+
+
+@pytest.fixture(scope="module")
+def recognizer(facenet_model: Path, mtcnn_dir: Path):
+    """The real pipeline (default model, MTCNN with a 20 px minimum face), without a gallery."""
+    from edge.recognizer import Recognizer
+
+    rec = Recognizer.from_paths(facenet_model, None, mtcnn_dir=mtcnn_dir, min_face_size=20)
+    yield rec
+    rec.close()

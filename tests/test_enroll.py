@@ -24,15 +24,6 @@ from tools import enroll as enroll_tool
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def recognizer(facenet_model: Path, mtcnn_dir: Path):
-    from edge.recognizer import Recognizer
-
-    rec = Recognizer.from_paths(facenet_model, None, mtcnn_dir=mtcnn_dir, min_face_size=20)
-    yield rec
-    rec.close()
-
-
 @pytest.fixture
 def gallery(tmp_path: Path, recognizer) -> Gallery:
     g = Gallery(tmp_path / "gallery.db", recognizer.model_id)

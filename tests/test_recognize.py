@@ -20,15 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def recognizer(facenet_model: Path, mtcnn_dir: Path):
-    from edge.recognizer import Recognizer
-
-    rec = Recognizer.from_paths(facenet_model, None, mtcnn_dir=mtcnn_dir, min_face_size=20)
-    yield rec
-    rec.close()
-
-
-@pytest.fixture(scope="module")
 def obama_gallery(recognizer, fr_images: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A gallery with one photo of Obama enrolled through the enroll tool's own code path."""
     path = tmp_path_factory.mktemp("recognize") / "gallery.db"

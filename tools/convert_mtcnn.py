@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from edge.detector import INPUT_CONVENTIONS
+from edge.model_metadata import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -53,15 +54,6 @@ ONNX_OUTPUTS = {
     "rnet": ["dense_2", "softmax_1"],
     "onet": ["dense_5", "dense_6", "softmax_2"],
 }
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `edge` importable from th
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from edge.errors import ConfigError, EdgeError, GalleryError, ImageError  # noqa: E402
+from edge.errors import ConfigError, EdgeError, GalleryError  # noqa: E402
 from edge.gallery import Gallery, validate_name  # noqa: E402
 from edge.quality_gates import DEFAULT_MIN_FACE_PX, DEFAULT_MIN_SHARPNESS, GateRefusal, GateSettings, select_face  # noqa: E402
 
@@ -136,7 +136,7 @@ class EnrollReport:
 def enroll(recognizer: Any, gallery: Gallery, name: str, photos: list[Path], gates: GateSettings | None = None,
            threshold: float | None = None, force: bool = False, skip_refused: bool = False) -> EnrollReport:
     """Gate, embed and store the photos of one person; see the module docstring for the rules."""
-    from edge.images import decode_image
+    from edge.images import decode_image, read_image_bytes
 
     name = validate_name(name)
     gates = gates or GateSettings()
@@ -146,12 +146,7 @@ def enroll(recognizer: Any, gallery: Gallery, name: str, photos: list[Path], gat
         if name in gallery.people() else set()
     embeddings, shas, sources = [], [], []
     for photo in photos:
-        try:
-            data = photo.read_bytes()
-        except FileNotFoundError:
-            raise ImageError(f"{photo}: no such file") from None
-        except OSError as exc:
-            raise ImageError(f"{photo}: cannot read ({exc.strerror})") from None
+        data = read_image_bytes(photo)
         digest = hashlib.sha256(data).hexdigest()
         if digest in known or digest in shas:
             report.skipped.append((photo, "this photo is already enrolled for this person"))
