@@ -16,12 +16,17 @@ $(VENV)/.installed: pyproject.toml
 
 setup: system-packages $(VENV)/.installed
 
-# Mosquitto is the MQTT broker the tests start (and the demo publishes to).
+# Mosquitto is the MQTT broker the tests start (and the demo publishes to); systemd-analyze
+# checks the service unit.
 system-packages:
-	@command -v mosquitto >/dev/null 2>&1 || /usr/sbin/mosquitto -h >/dev/null 2>&1 || { \
-	  echo "installing mosquitto"; \
+	@missing=""; \
+	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
 models: $(VENV)/.installed
 	$(PY) -m tools.build_models --out $(MODELS)
