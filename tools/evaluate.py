@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--roc", type=Path, default=None, help="draw the ROC curve into this PNG")
     parser.add_argument("--threshold", type=float, default=None, help="override the model's distance threshold")
     parser.add_argument("--crop", choices=("box", "aligned"), default="box", help="crop method (default box)")
-    parser.add_argument("--margin", type=float, default=32.0, help="crop margin in pixels (default 32)")
+    parser.add_argument("--margin", type=float, default=CropSpec().margin_px,
+                        help=f"crop margin in pixels (default {CropSpec().margin_px:g}, the product's)")
     parser.add_argument("--flip", action="store_true", help="average embeddings with the mirrored crop")
     parser.add_argument("--threads", type=int, default=1, help="inference threads (default 1)")
     args = parser.parse_args(argv)

@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mtcnn", type=Path, default=Path("models/mtcnn"))
     parser.add_argument("--crop", choices=("box", "aligned"), default="box")
-    parser.add_argument("--margin", type=float, default=32.0)
+    parser.add_argument("--margin", type=float, default=CropSpec().margin_px, help="crop margin in pixels")
     parser.add_argument("--crops-cache", type=Path, default=None, help="reuse detected crops from this .npz")
     parser.add_argument("--report", type=Path, default=None, help="write the training history as JSON")
     args = parser.parse_args(argv)
