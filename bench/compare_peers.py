@@ -115,7 +115,17 @@ def run_worker(kind: str, people_dir: Path, models: Path, result: Path, frame: t
     collected = ev.collect(pipeline, photos, progress=progress)
     match_s = _time_matches_peer(pipeline, collected) if kind == PEER else _time_matches_ours(pipeline, collected)
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    def views(c: ev.Collected) -> tuple[np.ndarray, np.ndarray]:
+        """The enrollment templates (ours) as (rows, stacked arrays) for the npz."""
+        rows = np.array(sorted(c.enroll_views), dtype=np.int64)
+        stacked = np.stack([c.enroll_views[i][0] for i in rows]) if len(rows) else np.zeros((0, 1), np.float32)
+        return rows, stacked
+
+    enroll_rows, enroll_templates = views(collected)
+    frame_enroll_rows, frame_enroll_templates = views(framed)
     np.savez(result, embeddings=collected.embeddings, found=collected.found,
+             enroll_rows=enroll_rows, enroll_templates=enroll_templates,
+             frame_enroll_rows=frame_enroll_rows, frame_enroll_templates=frame_enroll_templates,
              detect_s=np.array(collected.detect_s), embed_s=np.array(collected.embed_s),
              match_s=np.array(match_s), load_s=load_s, rss_mib=rss_mib, name=pipeline.name,
              threshold=pipeline.threshold, frame_embeddings=framed.embeddings, frame_found=framed.found,
@@ -195,16 +205,21 @@ def _speed(raw: dict[str, Any], prefix: str, stages: tuple[str, ...]) -> dict[st
 
 def measure(kind: str, raw: dict[str, Any], photos: list[ev.Photo]) -> tuple[dict[str, Any], tuple]:
     """Accuracy (tools/evaluate.py) and speed figures of one worker's results, plus its ROC curve."""
-    collected = ev.Collected(photos, raw["embeddings"], raw["found"].astype(bool))
+    def templates(prefix: str) -> dict[int, np.ndarray]:
+        return {int(i): raw[f"{prefix}enroll_templates"][k][None, :] for k, i in enumerate(raw[f"{prefix}enroll_rows"])}
+
+    collected = ev.Collected(photos, raw["embeddings"], raw["found"].astype(bool), enroll_views=templates(""))
     threshold = float(raw["threshold"])
     report = ev.summarize(collected, threshold, str(raw["name"]))
-    framed = ev.Collected(photos, raw["frame_embeddings"], raw["frame_found"].astype(bool))
+    framed = ev.Collected(photos, raw["frame_embeddings"], raw["frame_found"].astype(bool),
+                          enroll_views=templates("frame_"))
     report.update(
         kind=kind, speed=_speed(raw, "", ("detect", "embed", "match")), load_s=float(raw["load_s"]),
         peak_rss_mib=float(raw["rss_mib"]),
         frame={"speed": _speed(raw, "frame_", ("detect", "embed")), "peak_rss_mib": float(raw["frame_rss_mib"]),
                "no_face": int((~framed.found).sum()),
-               "open_set": ev.open_set(framed.embeddings, framed.found, [p.person for p in photos], threshold)},
+               "open_set": ev.open_set(framed.embeddings, framed.found, [p.person for p in photos], threshold,
+                                       framed.enroll_views)},
     )
     return report, ev.roc_curve(collected)
 
@@ -241,8 +256,9 @@ def markdown(reports: list[dict[str, Any]], people_dir: Path, command: str, png:
         f"cost of large photos) and scaled down to fit a {fw}x{fh} camera frame (the door's working "
         "conditions).",
         f"- **Ours:** MTCNN (LiteRT) + FaceNet Inception-ResNet-v1 (LiteRT), {crop.method} crop with a "
-        f"{crop.margin_px:g} px margin at {crop.size} px, no flip-averaging, threshold from each model's "
-        "metadata. **Peer:** face_recognition 1.3.0 (dlib HOG detector upsampled "
+        f"{crop.margin_px:g} px margin (padded) at {crop.size} px, no flip-averaging when probing, enrollment "
+        "template per photo (tools/enroll.py: mean of margin/mirror views, docs/crops.md), threshold from each "
+        "model's metadata. **Peer:** face_recognition 1.3.0 (dlib HOG detector upsampled "
         "once, ResNet 128-D embeddings, tolerance 0.6), its defaults.",
         "",
         "## Accuracy",
