@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -97,13 +98,25 @@ class ImageFolderSource:
         self._cache = None
 
 
+def redact_url(source: int | str) -> str:
+    """A source as it may appear in logs and events: the password of a stream URL replaced."""
+    text = str(source)
+    parts = urlsplit(text) if "://" in text else None
+    if parts is None or parts.password is None:
+        return text
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 class OpenCVSource:
     """A V4L2 device, a video file or a network stream through cv2.VideoCapture."""
 
     def __init__(self, source: int | str, width: int | None = None, height: int | None = None, fps: float = 10.0,
                  loop: bool = False, read_timeout_s: float = 5.0) -> None:
         self.source = source
-        self.name = str(source)
+        self.name = redact_url(source)  # logged and published: never the stream's password
         self.width, self.height, self.fps, self.loop = width, height, fps, loop
         self.read_timeout_s = read_timeout_s
         self.is_file = isinstance(source, str) and Path(source).is_file() and not source.startswith("/dev/")
@@ -116,7 +129,7 @@ class OpenCVSource:
         cap = cv2.VideoCapture(self.source, cv2.CAP_ANY, params)
         if not cap.isOpened():
             cap.release()
-            raise CameraError(f"camera.source: cannot open {self.source!r}")
+            raise CameraError(f"camera.source: cannot open {self.name!r}")
         if self.width:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
         if self.height:
@@ -144,7 +157,7 @@ class OpenCVSource:
                 self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
                 ok, bgr = self._cap.read()
             if not ok or bgr is None:
-                raise CameraError(f"camera.source: {self.source!r} stopped delivering frames")
+                raise CameraError(f"camera.source: {self.name!r} stopped delivering frames")
         if bgr.ndim == 2:
             return cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

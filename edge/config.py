@@ -26,12 +26,16 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _TOPIC_RE = re.compile(r"^[^#+\s][^#+]*$")
 
 
-def _f(default: Any, title: str, description: str, check: Any = None, factory: Any = None) -> Any:
-    """A dataclass field with the documentation and optional value check attached."""
+def _f(default: Any, title: str, description: str, check: Any = None, factory: Any = None,
+       secret: bool = False) -> Any:
+    """A dataclass field with the documentation and optional value check attached.
+
+    `secret` keeps the value out of the dataclass's repr, so a logged or printed config never
+    shows it."""
     meta = {"title": title, "description": description, "check": check}
     if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=factory, metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 # --- value checks: return an error text (without the key) or None --------------------------------
@@ -176,7 +180,7 @@ class MqttConfig:
     host: str = _f("127.0.0.1", "Broker host", "Hostname or address of the MQTT broker.", _non_empty)
     port: int = _f(1883, "Broker port", "1883 plain, 8883 for TLS by convention.", _port)
     username: str | None = _f(None, "User name", "Broker user (null: anonymous).")
-    password: str | None = _f(None, "Password", "Broker password.")
+    password: str | None = _f(None, "Password", "Broker password.", secret=True)
     client_id: str | None = _f(None, "Client id", "MQTT client id (null: edge-face-<device_id>).")
     topic_prefix: str = _f("edge-face", "Topic prefix", "Topics are <prefix>/<device_id>/...", _topic_prefix)
     keepalive_s: int = _f(30, "Keepalive", "Seconds between keepalive pings; the broker publishes the last "
@@ -199,7 +203,7 @@ class QueueConfig:
 @dataclass
 class CommandsConfig:
     enabled: bool = _f(False, "Remote commands", "Accept signed commands on <prefix>/<device_id>/command.")
-    secret: str | None = _f(None, "Shared secret", "HMAC-SHA256 key (at least 16 characters).")
+    secret: str | None = _f(None, "Shared secret", "HMAC-SHA256 key (at least 16 characters).", secret=True)
     secret_file: str | None = _f(None, "Secret file", "File holding the secret instead of writing it here.")
     max_age_s: float = _f(30.0, "Command lifetime", "Commands whose timestamp is further than this from the "
                           "device clock are refused as stale.", _positive)

@@ -102,3 +102,20 @@ def test_daemon_refuses_a_bad_config_with_exit_status(tmp_path: Path) -> None:
     good = subprocess.run([sys.executable, "-m", "edge.daemon", "--config", str(SHIPPED), "--check-config"], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
     assert good.returncode == 0, good.stderr
+
+
+def test_secrets_stay_out_of_the_config_repr() -> None:
+    config = config_from_dict({"mqtt": {"username": "door", "password": "hunter2-broker"},
+                               "commands": {"enabled": True, "secret": "s3cret-command-key-123"}})
+    text = repr(config)
+    assert "hunter2-broker" not in text and "s3cret-command-key-123" not in text
+    assert "door" in text  # the rest is still there
+
+
+def test_stream_password_is_redacted_for_logs_and_events() -> None:
+    from edge.camera import OpenCVSource, redact_url
+
+    assert redact_url("rtsp://admin:pa55@cam.local:554/stream1") == "rtsp://admin:***@cam.local:554/stream1"
+    assert redact_url("rtsp://cam.local/stream") == "rtsp://cam.local/stream"
+    assert redact_url(0) == "0"
+    assert "pa55" not in OpenCVSource("rtsp://admin:pa55@127.0.0.1:9/x").name
