@@ -17,11 +17,12 @@ $(VENV)/.installed: pyproject.toml
 setup: system-packages $(VENV)/.installed
 
 # Mosquitto is the MQTT broker the tests start (and the demo publishes to); systemd-analyze
-# checks the service unit.
+# checks the service unit; Debian's python3 needs python3-venv for `python3 -m venv`.
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	$(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
