@@ -242,6 +242,17 @@ class HealthConfig:
 
 
 @dataclass
+class HomeAssistantConfig:
+    enabled: bool = _f(True, "Home Assistant discovery", "Publish retained MQTT discovery messages so Home "
+                       "Assistant shows the door lock and the last-person / unknown-face sensors by itself.")
+    discovery_prefix: str = _f("homeassistant", "Discovery prefix", "Home Assistant's MQTT discovery prefix.",
+                               _topic_prefix)
+    unlock_command: bool = _f(False, "Unlock from Home Assistant", "Act on LOCK/UNLOCK from Home Assistant on "
+                              "<prefix>/<device_id>/ha/lock/set (unsigned: restrict it with broker ACLs). UNLOCK "
+                              "is one relay.unlock_s pulse.")
+
+
+@dataclass
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _f("INFO", "Log level", "Verbosity on stderr/journal.")
 
@@ -259,6 +270,8 @@ class Config:
     relay: RelayConfig = _f(None, "Relay", "See relay.*", factory=RelayConfig)
     door_contact: DoorContactConfig = _f(None, "Door contact", "See door_contact.*", factory=DoorContactConfig)
     health: HealthConfig = _f(None, "Health", "See health.*", factory=HealthConfig)
+    homeassistant: HomeAssistantConfig = _f(None, "Home Assistant", "See homeassistant.*",
+                                            factory=HomeAssistantConfig)
     logging: LoggingConfig = _f(None, "Logging", "See logging.*", factory=LoggingConfig)
 
     def command_secret(self) -> bytes:

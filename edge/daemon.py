@@ -39,6 +39,7 @@ from edge.decision import Decision, DecisionEngine, Observation
 from edge.errors import ConfigError, EdgeError
 from edge.event_queue import EventQueue
 from edge.events import Topics, base_event, door_event, face_event, status_event, utc_now_iso
+from edge.ha_discovery import HaLockCommands, ha_command_topic, publish_discovery
 from edge.mqtt_client import MqttLink
 from edge.relay import DoorContact, DoorRelay, choose_pin_factory
 
@@ -139,6 +140,8 @@ class Daemon:
                                             config.commands.nonce_path, config.commands.max_unlock_s)
         self.mqtt = MqttLink(config.mqtt, config.device_id, self.queue,
                              on_command=self.handle_command if self.verifier else None)
+        self.ha_lock: HaLockCommands | None = None
+        self._setup_homeassistant()
         factory = pin_factory if pin_factory is not None else choose_pin_factory(config.relay.mock)
         self.relay: DoorRelay | None = None
         if config.relay.enabled:
@@ -183,6 +186,25 @@ class Daemon:
         else:
             self._door_state = state
         self._door(f"door {state}")
+
+    def _setup_homeassistant(self) -> None:
+        """Discovery on every connect; the HA-only lock topic only when homeassistant.unlock_command is on."""
+        ha = self.config.homeassistant
+        if ha.enabled:
+            self.mqtt.add_connect_hook(lambda client: publish_discovery(client, self.config))
+        if ha.unlock_command:
+            self.ha_lock = HaLockCommands(self._ha_unlock, self._ha_lock)
+            self.mqtt.add_handler(ha_command_topic(self.topics), self.ha_lock.handle)
+
+    def _ha_unlock(self) -> None:
+        # Always the configured timed pulse: HA cannot hold the door open, only open it once.
+        if self.relay is not None:
+            self.relay.unlock(reason="home assistant")
+            self.stats["unlocks"] += 1
+
+    def _ha_lock(self) -> None:
+        if self.relay is not None:
+            self.relay.lock("home assistant")
 
     # --- commands ------------------------------------------------------------------------------------------
 
@@ -244,7 +266,8 @@ class Daemon:
                 log.error("SIGHUP: new config refused, keeping the running one: %s", exc)
                 self._status("reload_failed", str(exc))
                 return
-        restart_needed = [name for name in ("device_id", "camera", "mqtt", "queue", "commands", "door_contact")
+        restart_needed = [name for name in ("device_id", "camera", "mqtt", "queue", "commands", "door_contact",
+                                                 "homeassistant")
                           if getattr(new, name) != getattr(self.config, name)]
         if new.relay.pin != self.config.relay.pin or new.relay.active_high != self.config.relay.active_high:
             restart_needed.append("relay")

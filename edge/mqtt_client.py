@@ -43,6 +43,9 @@ class MqttLink:
         self._ack_cond = threading.Condition()
         self._reported_dropped = queue.dropped
         self._sender: threading.Thread | None = None
+        # Extra subscriptions and on-connect publishers (Home Assistant discovery and its lock topic).
+        self._handlers: dict[str, Callable[[bytes], None]] = {}
+        self._connect_hooks: list[Callable[[mqtt.Client], None]] = []
         self.client: mqtt.Client | None = None
         if config.enabled:
             self.client = self._make_client()
@@ -77,6 +80,13 @@ class MqttLink:
         client.publish(self.topics.availability, b"online", qos=1, retain=True)
         if self.on_command is not None:
             client.subscribe(self.topics.command, qos=1)
+        for topic in self._handlers:
+            client.subscribe(topic, qos=1)
+        for hook in self._connect_hooks:
+            try:
+                hook(client)
+            except Exception:  # a hook must never kill the network thread
+                log.exception("on-connect hook failed")
         self.connected.set()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: Any, _props: Any) -> None:
@@ -90,14 +100,23 @@ class MqttLink:
             self._ack_cond.notify_all()
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
-        if message.topic != self.topics.command or self.on_command is None:
+        handler = self.on_command if message.topic == self.topics.command else self._handlers.get(message.topic)
+        if handler is None:
             return
         try:
-            self.on_command(bytes(message.payload))
+            handler(bytes(message.payload))
         except Exception:  # a command must never kill the network thread
             log.exception("command handler failed")
 
     # --- public ------------------------------------------------------------------------------------
+
+    def add_handler(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Subscribe to `topic` on every connect and pass its payloads to `handler` (call before start)."""
+        self._handlers[topic] = handler
+
+    def add_connect_hook(self, hook: Callable[[mqtt.Client], None]) -> None:
+        """Run `hook(client)` on every connect, e.g. to (re)publish retained discovery messages."""
+        self._connect_hooks.append(hook)
 
     def start(self) -> None:
         """Connect in the background (retrying with backoff) and start delivering the queue."""
