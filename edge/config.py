@@ -253,6 +253,30 @@ class HomeAssistantConfig:
 
 
 @dataclass
+class AccessLogConfig:
+    enabled: bool = _f(True, "Access log", "Record every decision (unlock, denied, unknown, remote command, "
+                       "reload) in a local SQLite file.")
+    path: str | None = _f(None, "Access log file", "SQLite file of the access log (null: access.db beside "
+                          "queue.path).")
+    max_days: float | None = _f(90.0, "Keep days", "Entries older than this many days are deleted (null: no "
+                                "age limit).", _positive)
+    max_rows: int | None = _f(100000, "Keep entries", "At most this many entries are kept, oldest deleted "
+                              "first (null: no count limit).", _positive)
+
+    def resolved_path(self, queue_path: str) -> Path:
+        """The configured file, or access.db in the queue's folder."""
+        return Path(self.path) if self.path else Path(queue_path).parent / "access.db"
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = _f(False, "Metrics endpoint", "Serve Prometheus metrics over HTTP at /metrics.")
+    bind: str = _f("127.0.0.1", "Metrics address", "Address the endpoint listens on (0.0.0.0: every "
+                   "interface).", _non_empty)
+    port: int = _f(9101, "Metrics port", "TCP port of the endpoint.", _port)
+
+
+@dataclass
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _f("INFO", "Log level", "Verbosity on stderr/journal.")
 
@@ -273,6 +297,8 @@ class Config:
     homeassistant: HomeAssistantConfig = _f(None, "Home Assistant", "See homeassistant.*",
                                             factory=HomeAssistantConfig)
     logging: LoggingConfig = _f(None, "Logging", "See logging.*", factory=LoggingConfig)
+    access_log: AccessLogConfig = _f(None, "Access log", "See access_log.*", factory=AccessLogConfig)
+    metrics: MetricsConfig = _f(None, "Metrics", "See metrics.*", factory=MetricsConfig)
 
     def command_secret(self) -> bytes:
         """The HMAC key, from `commands.secret` or `commands.secret_file`."""

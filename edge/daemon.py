@@ -31,7 +31,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge import sd_notify
+from edge import prometheus, sd_notify
+from edge.access_log import AccessLog, entry_from_event
 from edge.camera import Camera, FrameSource, make_source
 from edge.commands import CommandRejected, CommandVerifier
 from edge.config import Config, load_config
@@ -133,7 +134,22 @@ class Daemon:
         self._started = time.monotonic()
         self._cpu_mark = (time.monotonic(), sum(os.times()[:2]))
 
+        # First: a taken port refuses the start before any file or connection is opened.
+        self.metrics_server: prometheus.MetricsServer | None = None
+        if config.metrics.enabled:
+            self.metrics_server = prometheus.MetricsServer(config.metrics.bind, config.metrics.port,
+                                                           self.render_metrics)
         self.queue = EventQueue(config.queue.path, config.queue.max_events)
+        self.access_log: AccessLog | None = None
+        if config.access_log.enabled:
+            self.access_log = AccessLog(config.access_log.resolved_path(config.queue.path),
+                                        config.access_log.max_days, config.access_log.max_rows)
+        self.events_by_kind: dict[str, int] = {}
+        self._events_lock = threading.Lock()
+        self.stage_seconds = prometheus.Histogram("edge_face_stage_seconds", "Time per pipeline stage "
+                                                  "(detect, embed, match inside recognize; decide after it).",
+                                                  "stage")
+        self._last_frame: float | None = None
         self.verifier: CommandVerifier | None = None
         if config.commands.enabled:
             self.verifier = CommandVerifier(config.command_secret(), config.device_id, config.commands.max_age_s,
@@ -161,9 +177,22 @@ class Daemon:
     def emit(self, topic: str, event: dict[str, Any], retain: bool = False, durable: bool = True) -> None:
         """Log an event and hand it to MQTT (queued on disk when durable)."""
         self.recent_events.append(event)
+        with self._events_lock:
+            self.events_by_kind[event["type"]] = self.events_by_kind.get(event["type"], 0) + 1
+        self._record(event)
         if event["type"] != "health":
             log.info("event %s %s", topic.rsplit("/", 1)[-1], {k: v for k, v in event.items() if k not in ("id",)})
         self.mqtt.publish(topic, event, retain=retain, durable=durable)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        """Append a decision to the access log; a failing log is reported but never stops the door."""
+        entry = entry_from_event(event) if self.access_log is not None else None
+        if entry is None or self.access_log is None:
+            return
+        try:
+            self.access_log.append(**entry)
+        except Exception as exc:
+            log.error("access log %s: could not record %s (%s)", self.access_log.path, entry["kind"], exc)
 
     def _status(self, state: str, detail: str = "", **fields: Any) -> None:
         self.emit(self.topics.status, status_event(self.config.device_id, self.config.camera.name, state, detail,
@@ -267,7 +296,7 @@ class Daemon:
                 self._status("reload_failed", str(exc))
                 return
         restart_needed = [name for name in ("device_id", "camera", "mqtt", "queue", "commands", "door_contact",
-                                                 "homeassistant")
+                                                 "homeassistant", "access_log", "metrics")
                           if getattr(new, name) != getattr(self.config, name)]
         if new.relay.pin != self.config.relay.pin or new.relay.active_high != self.config.relay.active_high:
             restart_needed.append("relay")
@@ -293,6 +322,8 @@ class Daemon:
             log.warning("%d people were enrolled with another model and cannot be recognized until they are "
                         "re-enrolled with %s: %s", len(stale), self.model_id, ", ".join(stale))
         self.mqtt.start()
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         detail = f"model {self.model_id}"
         if stale:
             detail += f"; must be re-enrolled for this model: {', '.join(stale)}"
@@ -304,7 +335,11 @@ class Daemon:
         """Recognize one frame, vote, and act on the decisions."""
         started = time.monotonic()
         recognitions = self.recognizer.recognize(image)
-        self._analyse_ms.append((time.monotonic() - started) * 1000)
+        recognized = time.monotonic()
+        self._analyse_ms.append((recognized - started) * 1000)
+        for stage, seconds in (getattr(self.recognizer, "last_timings", None) or {}).items():
+            self.stage_seconds.observe(stage, seconds)
+        self.stage_seconds.observe("recognize", recognized - started)
         self.stats["frames_analysed"] += 1
         self._had_faces = bool(recognitions)
         observations = [Observation(r.name, float(r.distance), tuple(float(v) for v in r.box)) for r in recognitions]
@@ -314,6 +349,7 @@ class Daemon:
 
             tz = ZoneInfo(self.config.decision.timezone)
         decisions = self.engine.update(time.monotonic(), datetime.now(tz).astimezone(tz), observations)
+        self.stage_seconds.observe("decide", time.monotonic() - recognized)
         for decision in decisions:
             self._act(decision, frame_time)
         return decisions
@@ -349,6 +385,39 @@ class Daemon:
                 "model_id": self.model_id, "door": self._door_state,
                 "lock": "unlocked" if self.relay is not None and self.relay.unlocked else "locked"}
 
+    def render_metrics(self) -> str:
+        """Prometheus text format: frames, stage latencies, events by kind, queue, MQTT, last frame age."""
+        metric = prometheus.metric
+        with self._events_lock:
+            events = sorted(self.events_by_kind.items())
+        age = time.monotonic() - self._last_frame if self._last_frame is not None else float("nan")
+        lines = [
+            *metric("edge_face_frames_read_total", "counter", "Frames read from the camera.",
+                    [({}, self.camera.frames_read)]),
+            *metric("edge_face_frames_processed_total", "counter", "Frames run through the recognizer.",
+                    [({}, self.stats["frames_analysed"])]),
+            *metric("edge_face_frames_skipped_total", "counter", "Frames skipped by the motion gate.",
+                    [({}, self.stats["frames_skipped"])]),
+            *metric("edge_face_recognize_errors_total", "counter", "Frames whose recognition failed.",
+                    [({}, self.stats["recognize_errors"])]),
+            *metric("edge_face_unlocks_total", "counter", "Times the relay was energized.",
+                    [({}, self.stats["unlocks"])]),
+            *metric("edge_face_events_total", "counter", "Events emitted, by type.",
+                    [({"kind": kind}, count) for kind, count in events]),
+            *self.stage_seconds.render(),
+            *metric("edge_face_queue_depth", "gauge", "Events waiting on disk for the broker.",
+                    [({}, len(self.queue))]),
+            *metric("edge_face_queue_dropped_total", "counter", "Events dropped over the queue bound.",
+                    [({}, self.queue.dropped)]),
+            *metric("edge_face_mqtt_connected", "gauge", "1 while connected to the MQTT broker.",
+                    [({}, 1 if self.mqtt.connected.is_set() else 0)]),
+            *metric("edge_face_camera_ok", "gauge", "1 while the camera delivers frames.",
+                    [({}, 1 if self.camera.ok else 0)]),
+            *metric("edge_face_last_frame_age_seconds", "gauge", "Seconds since the last frame was read "
+                    "(NaN before the first).", [({}, age)]),
+        ]
+        return "\n".join(lines) + "\n"
+
     def run(self) -> int:
         """Main loop until stopped; returns the exit status."""
         self.start()
@@ -375,6 +444,7 @@ class Daemon:
                 frame = self.camera.latest(timeout=0.1)
                 if frame is None:
                     continue
+                self._last_frame = frame.captured
                 if not self.gate.should_analyse(frame.image, time.monotonic(), self._had_faces):
                     self.stats["frames_skipped"] += 1
                     continue
@@ -404,8 +474,12 @@ class Daemon:
             self.contact.close()
         self._status("stopping", f"{len(self.queue)} event(s) left in the queue")
         self.mqtt.stop(flush_s=2.0)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         log.info("stopped; %d event(s) kept in %s", len(self.queue), self.queue.path)
         self.queue.close()
+        if self.access_log is not None:
+            self.access_log.close()
 
 
 # --- demo ------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ probed another way would silently widen distances.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class Recognizer:
         self.pad_retry = bool(pad_retry)  # photo files: look again inside a border (FaceDetector.detect)
         self.embedder = embedder
         self.gallery = gallery
+        self.last_timings: dict[str, float] = {}
         self.threshold = float(embedder.threshold if threshold is None else threshold)
         if not np.isfinite(self.threshold) or self.threshold <= 0:
             raise ConfigError(f"threshold must be a positive L2 distance, got {threshold!r}")
@@ -119,15 +121,21 @@ class Recognizer:
 
     def recognize(self, image: np.ndarray) -> list[Recognition]:
         """Every face in an RGB uint8 image, largest first, with its best gallery match."""
+        started = time.perf_counter()
         faces = self.detect(image)
+        detected = time.perf_counter()
+        self.last_timings = {"detect": detected - started}  # seconds per stage, read by the metrics endpoint
         if not faces:
             return []
         embeddings = self.embed_faces(image, faces)
+        embedded = time.perf_counter()
+        self.last_timings["embed"] = embedded - detected
         if self.gallery is None:
             return [Recognition(f.box, f.landmarks, f.score, None, float("inf"), e) for f, e in
                     zip(faces, embeddings, strict=True)]
         self.gallery.refresh()
         matches = self.gallery.match_many(embeddings, self.threshold)
+        self.last_timings["match"] = time.perf_counter() - embedded
         return [Recognition(f.box, f.landmarks, f.score, m.name, m.distance, e, m.nearest)
                 for f, e, m in zip(faces, embeddings, matches, strict=True)]
 
