@@ -17,11 +17,13 @@ $(VENV)/.installed: pyproject.toml
 setup: system-packages $(VENV)/.installed
 
 # Mosquitto is the MQTT broker the tests start (and the demo publishes to); systemd-analyze
-# checks the service unit; Debian's python3 needs python3-venv for `python3 -m venv`.
+# checks the service unit; headless Chromium tests the live view page; Debian's python3 needs
+# python3-venv for `python3 -m venv`.
 system-packages:
 	@missing=""; \
 	command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || missing="$$missing mosquitto"; \
 	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	$(PYTHON) -c "import ensurepip, venv" >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \

@@ -277,6 +277,20 @@ class MetricsConfig:
 
 
 @dataclass
+class LiveViewConfig:
+    enabled: bool = _f(False, "Live view", "Serve a local web page with the camera stream (face boxes and "
+                       "names drawn), the last events and health. Needs live_view.token or token_file.")
+    bind: str = _f("127.0.0.1", "Live view address", "Address the page listens on (0.0.0.0: every interface; "
+                   "plain HTTP, so only on a trusted network).", _non_empty)
+    port: int = _f(8088, "Live view port", "TCP port of the page.", _port)
+    token: str | None = _f(None, "Access token", "Token the browser must send (?token= or Authorization: "
+                           "Bearer), at least 16 characters.", secret=True)
+    token_file: str | None = _f(None, "Token file", "File holding the token instead of writing it here.")
+    max_fps: float = _f(5.0, "Stream rate", "At most this many frames per second per viewer (JPEG encoding "
+                        "costs CPU on a Raspberry Pi).", _positive)
+
+
+@dataclass
 class LoggingConfig:
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = _f("INFO", "Log level", "Verbosity on stderr/journal.")
 
@@ -299,6 +313,7 @@ class Config:
     logging: LoggingConfig = _f(None, "Logging", "See logging.*", factory=LoggingConfig)
     access_log: AccessLogConfig = _f(None, "Access log", "See access_log.*", factory=AccessLogConfig)
     metrics: MetricsConfig = _f(None, "Metrics", "See metrics.*", factory=MetricsConfig)
+    live_view: LiveViewConfig = _f(None, "Live view", "See live_view.*", factory=LiveViewConfig)
 
     def command_secret(self) -> bytes:
         """The HMAC key, from `commands.secret` or `commands.secret_file`."""
@@ -310,6 +325,17 @@ class Config:
         except OSError as exc:
             raise ConfigError(
                 f"commands.secret_file: cannot read {self.commands.secret_file} ({exc.strerror})") from None
+
+    def live_view_token(self) -> str:
+        """The live view's access token, from `live_view.token` or `live_view.token_file`."""
+        if self.live_view.token:
+            return self.live_view.token
+        assert self.live_view.token_file is not None
+        try:
+            return Path(self.live_view.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"live_view.token_file: cannot read {self.live_view.token_file} ({exc.strerror})") from None
 
 
 # --- conversion ------------------------------------------------------------------------------------
@@ -481,6 +507,14 @@ def _cross_checks(config: Config) -> None:
             raise ConfigError("commands.secret: required when commands.enabled is true")
         if len(config.command_secret()) < 16:
             raise ConfigError("commands.secret: must be at least 16 characters")
+    lv = config.live_view
+    if lv.enabled:
+        if lv.token and lv.token_file:
+            raise ConfigError("live_view.token_file: give either live_view.token or live_view.token_file, not both")
+        if not lv.token and not lv.token_file:
+            raise ConfigError("live_view.token: required when live_view.enabled is true")
+        if len(config.live_view_token()) < 16:
+            raise ConfigError("live_view.token: must be at least 16 characters")
     if config.door_contact.enabled and config.relay.enabled and config.door_contact.pin == config.relay.pin:
         raise ConfigError(f"door_contact.pin: must differ from relay.pin ({config.relay.pin})")
 

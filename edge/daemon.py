@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from edge import prometheus, sd_notify
+from edge import live_view, prometheus, sd_notify
 from edge.access_log import AccessLog, entry_from_event
 from edge.camera import Camera, FrameSource, make_source
 from edge.commands import CommandRejected, CommandVerifier
@@ -139,6 +139,14 @@ class Daemon:
         if config.metrics.enabled:
             self.metrics_server = prometheus.MetricsServer(config.metrics.bind, config.metrics.port,
                                                            self.render_metrics)
+        self.live_frames: live_view.FrameStore | None = None
+        self.live_view_server: live_view.LiveViewServer | None = None
+        if config.live_view.enabled:
+            self.live_frames = live_view.FrameStore()
+            self.live_view_server = live_view.LiveViewServer(
+                config.live_view.bind, config.live_view.port, config.live_view_token(), self.live_frames,
+                self.last_events, self.live_health, title=f"{config.device_id} / {config.camera.name}",
+                max_fps=config.live_view.max_fps)
         self.queue = EventQueue(config.queue.path, config.queue.max_events)
         self.access_log: AccessLog | None = None
         if config.access_log.enabled:
@@ -296,7 +304,7 @@ class Daemon:
                 self._status("reload_failed", str(exc))
                 return
         restart_needed = [name for name in ("device_id", "camera", "mqtt", "queue", "commands", "door_contact",
-                                                 "homeassistant", "access_log", "metrics")
+                                                 "homeassistant", "access_log", "metrics", "live_view")
                           if getattr(new, name) != getattr(self.config, name)]
         if new.relay.pin != self.config.relay.pin or new.relay.active_high != self.config.relay.active_high:
             restart_needed.append("relay")
@@ -324,6 +332,8 @@ class Daemon:
         self.mqtt.start()
         if self.metrics_server is not None:
             self.metrics_server.start()
+        if self.live_view_server is not None:
+            self.live_view_server.start()
         detail = f"model {self.model_id}"
         if stale:
             detail += f"; must be re-enrolled for this model: {', '.join(stale)}"
@@ -342,6 +352,8 @@ class Daemon:
         self.stage_seconds.observe("recognize", recognized - started)
         self.stats["frames_analysed"] += 1
         self._had_faces = bool(recognitions)
+        if self.live_frames is not None:
+            self.live_frames.put(image, [(r.box, r.name, float(r.distance)) for r in recognitions])
         observations = [Observation(r.name, float(r.distance), tuple(float(v) for v in r.box)) for r in recognitions]
         tz = None
         if self.config.decision.timezone:
@@ -384,6 +396,24 @@ class Daemon:
                 "cpu_percent": round(100 * (cpu - mark_cpu) / max(now - mark_t, 1e-6), 1),
                 "model_id": self.model_id, "door": self._door_state,
                 "lock": "unlocked" if self.relay is not None and self.relay.unlocked else "locked"}
+
+    def last_events(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Newest first, health messages left out (the live view shows health on its own)."""
+        events = [e for e in list(self.recent_events) if e["type"] != "health"]
+        return events[::-1][:limit]
+
+    def live_health(self) -> dict[str, Any]:
+        """Health for the live view without touching health()'s CPU sampling window."""
+        last = next((e for e in reversed(list(self.recent_events)) if e["type"] == "health"), {})
+        fields = {k: v for k, v in last.items() if k not in ("id", "type", "device", "camera")}
+        fields.update({"camera_ok": self.camera.ok, "mqtt_connected": self.mqtt.connected.is_set(),
+                       "queue_depth": len(self.queue), "frames_analysed": self.stats["frames_analysed"],
+                       "uptime_s": round(time.monotonic() - self._started, 1), "lock":
+                       "unlocked" if self.relay is not None and self.relay.unlocked else "locked",
+                       "door": self._door_state})
+        if "time" in fields:
+            fields["last_health_message"] = fields.pop("time")
+        return fields
 
     def render_metrics(self) -> str:
         """Prometheus text format: frames, stage latencies, events by kind, queue, MQTT, last frame age."""
@@ -476,6 +506,8 @@ class Daemon:
         self.mqtt.stop(flush_s=2.0)
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.live_view_server is not None:
+            self.live_view_server.stop()
         log.info("stopped; %d event(s) kept in %s", len(self.queue), self.queue.path)
         self.queue.close()
         if self.access_log is not None:
