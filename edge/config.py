@@ -253,6 +253,22 @@ class HomeAssistantConfig:
 
 
 @dataclass
+class UnknownFacesConfig:
+    enabled: bool = _f(False, "Keep unknown faces", "Store a JPEG crop of the face of every 'unknown' event, "
+                       "named by the event id, for review and enrollment (off: strangers' faces are never kept).")
+    path: str | None = _f(None, "Crop folder", "Folder of the crops, created private (0700) (null: "
+                          "unknown_faces beside queue.path).")
+    max_days: float | None = _f(30.0, "Keep days", "Crops older than this many days are deleted (null: no "
+                                "age limit).", _positive)
+    max_mb: float | None = _f(100.0, "Size cap", "Total size of the crops in MiB; the oldest are deleted "
+                              "first (null: no size limit).", _positive)
+
+    def resolved_path(self, queue_path: str) -> Path:
+        """The configured folder, or unknown_faces in the queue's folder."""
+        return Path(self.path) if self.path else Path(queue_path).parent / "unknown_faces"
+
+
+@dataclass
 class AccessLogConfig:
     enabled: bool = _f(True, "Access log", "Record every decision (unlock, denied, unknown, remote command, "
                        "reload) in a local SQLite file.")
@@ -310,6 +326,8 @@ class Config:
     health: HealthConfig = _f(None, "Health", "See health.*", factory=HealthConfig)
     homeassistant: HomeAssistantConfig = _f(None, "Home Assistant", "See homeassistant.*",
                                             factory=HomeAssistantConfig)
+    unknown_faces: UnknownFacesConfig = _f(None, "Unknown faces", "See unknown_faces.*",
+                                           factory=UnknownFacesConfig)
     logging: LoggingConfig = _f(None, "Logging", "See logging.*", factory=LoggingConfig)
     access_log: AccessLogConfig = _f(None, "Access log", "See access_log.*", factory=AccessLogConfig)
     metrics: MetricsConfig = _f(None, "Metrics", "See metrics.*", factory=MetricsConfig)

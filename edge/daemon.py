@@ -43,6 +43,7 @@ from edge.events import Topics, base_event, door_event, face_event, status_event
 from edge.ha_discovery import HaLockCommands, ha_command_topic, publish_discovery
 from edge.mqtt_client import MqttLink
 from edge.relay import DoorContact, DoorRelay, choose_pin_factory
+from edge.unknown_faces import UnknownFaceStore
 
 log = logging.getLogger("edge.daemon")
 
@@ -152,6 +153,10 @@ class Daemon:
         if config.access_log.enabled:
             self.access_log = AccessLog(config.access_log.resolved_path(config.queue.path),
                                         config.access_log.max_days, config.access_log.max_rows)
+        self.unknown_faces: UnknownFaceStore | None = None
+        if config.unknown_faces.enabled:
+            uf = config.unknown_faces
+            self.unknown_faces = UnknownFaceStore(uf.resolved_path(config.queue.path), uf.max_days, uf.max_mb)
         self.events_by_kind: dict[str, int] = {}
         self._events_lock = threading.Lock()
         self.stage_seconds = prometheus.Histogram("edge_face_stage_seconds", "Time per pipeline stage "
@@ -306,6 +311,8 @@ class Daemon:
         restart_needed = [name for name in ("device_id", "camera", "mqtt", "queue", "commands", "door_contact",
                                                  "homeassistant", "access_log", "metrics", "live_view")
                           if getattr(new, name) != getattr(self.config, name)]
+        if new.unknown_faces != self.config.unknown_faces:
+            restart_needed.append("unknown_faces")
         if new.relay.pin != self.config.relay.pin or new.relay.active_high != self.config.relay.active_high:
             restart_needed.append("relay")
         if restart_needed:
@@ -363,16 +370,18 @@ class Daemon:
         decisions = self.engine.update(time.monotonic(), datetime.now(tz).astimezone(tz), observations)
         self.stage_seconds.observe("decide", time.monotonic() - recognized)
         for decision in decisions:
-            self._act(decision, frame_time)
+            self._act(decision, frame_time, image)
         return decisions
 
-    def _act(self, decision: Decision, frame_time: str | None) -> None:
+    def _act(self, decision: Decision, frame_time: str | None, image: np.ndarray | None = None) -> None:
         unlock_s = self.config.relay.unlock_s if self.relay is not None else None
         if decision.action == "unlock" and self.relay is not None:
             self.relay.unlock(reason=f"recognized {decision.name}")  # the door first, the message second
             self.stats["unlocks"] += 1
         event = face_event(decision, self.config.device_id, self.config.camera.name, self.model_id, frame_time,
                            unlock_s)
+        if decision.action == "unknown" and image is not None:
+            self._keep_unknown_face(event, image, decision)
         self.emit(self.topics.for_decision(decision), event)
         who = decision.name or "unknown person"
         line = (f"{event['time']} {event['type'].upper():10s} {who} distance {decision.distance:.3f} "
@@ -381,6 +390,20 @@ class Daemon:
             line += f" -> door unlocked for {unlock_s} s" if unlock_s else " (relay disabled)"
         if self.echo:
             print(line, flush=True)
+
+    def _keep_unknown_face(self, event: dict[str, Any], image: np.ndarray, decision: Decision) -> None:
+        """Store the stranger's crop as <event id>.jpg and name it in the event (optional `crop` field).
+
+        A full disk or a bad box must not cost the event, so a failure is logged and the event goes out
+        without `crop`."""
+        if self.unknown_faces is None:
+            return
+        try:
+            path = self.unknown_faces.save(event["id"], image, decision.box)
+        except Exception as exc:
+            log.error("unknown face %s: crop not kept in %s (%s)", event["id"], self.unknown_faces.directory, exc)
+            return
+        event["crop"] = path.name
 
     def health(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -1,6 +1,7 @@
 """Enroll people into the gallery and manage it.
 
     python tools/enroll.py --gallery PATH add NAME IMAGE_OR_DIR... [--largest] [--force]
+    python tools/enroll.py --gallery PATH add NAME --from-unknown ID [--unknown-dir PATH]
     python tools/enroll.py --gallery PATH list | show NAME | remove NAME | rename OLD NEW
     python tools/enroll.py --gallery PATH export FILE | import FILE
 
@@ -182,12 +183,36 @@ def enroll(recognizer: Any, gallery: Gallery, name: str, photos: list[Path], gat
     return report
 
 
+def unknown_dir_of(args: argparse.Namespace) -> Path:
+    """--unknown-dir, else the config's unknown_faces.path, else unknown_faces/ beside queue.path (as the daemon)."""
+    if args.unknown_dir:
+        return Path(args.unknown_dir)
+    from edge.config import QueueConfig, UnknownFacesConfig
+
+    config = read_config(args.config)
+    section = config.get("unknown_faces") or {}
+    queue = config.get("queue") or {}
+    if not isinstance(section, dict) or not isinstance(queue, dict):
+        raise ConfigError(f"{args.config or DEFAULT_CONFIG}: 'unknown_faces' and 'queue' must be mappings")
+    return UnknownFacesConfig(path=section.get("path")).resolved_path(str(queue.get("path") or QueueConfig().path))
+
+
 def _cmd_add(args: argparse.Namespace, settings: Settings) -> int:
     from edge.images import expand_image_args
     from edge.recognizer import Recognizer
+    from edge.unknown_faces import UnknownFaceStore
 
     name = validate_name(args.name)
-    photos = expand_image_args(args.images)
+    crop: Path | None = None
+    if args.from_unknown is not None:
+        if args.images:
+            raise ConfigError("give photos or --from-unknown ID, not both")
+        crop = UnknownFaceStore(unknown_dir_of(args)).path_of(args.from_unknown)
+        photos = [crop]
+    else:
+        if not args.images:
+            raise ConfigError("give the photos to enroll, or --from-unknown ID")
+        photos = expand_image_args(args.images)
     if not photos:
         raise ConfigError(f"no image files found in {', '.join(map(str, args.images))}")
     recognizer = Recognizer.from_paths(settings.model, settings.gallery, mtcnn_dir=settings.mtcnn_dir,
@@ -207,6 +232,9 @@ def _cmd_add(args: argparse.Namespace, settings: Settings) -> int:
         print(f"refused: {reason}", file=sys.stderr)
     if report.enrolled:
         print(f"enrolled {report.enrolled} photo(s) of {name!r} into {settings.gallery}")
+        if crop is not None:  # the gallery keeps the template, not the face: the crop has served its purpose
+            crop.unlink(missing_ok=True)
+            print(f"deleted the unknown-face crop {crop}")
     elif report.refused and not args.skip_refused and report.accepted:
         print(f"nothing enrolled: {len(report.refused)} of {len(photos)} photo(s) refused; fix or leave them out, "
               f"or pass --skip-refused", file=sys.stderr)
@@ -393,7 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="enroll photos of one person (files or folders)")
     add.add_argument("name")
-    add.add_argument("images", nargs="+")
+    add.add_argument("images", nargs="*")
+    add.add_argument("--from-unknown", dest="from_unknown", metavar="ID",
+                     help="enroll the kept crop of an 'unknown' event (its event id; see python -m "
+                          "edge.unknown_faces list) and delete the crop after enrolling")
+    add.add_argument("--unknown-dir", dest="unknown_dir", help="crop folder (default: unknown_faces.path of the "
+                                                               "config, else unknown_faces beside queue.path)")
     add.add_argument("--largest", action="store_true", help="photos with several faces: enroll the largest face")
     add.add_argument("--force", action="store_true", help="enroll even when the face matches another person")
     add.add_argument("--skip-refused", action="store_true", help="enroll the photos that pass, skip the others")
