@@ -309,10 +309,9 @@ class Daemon:
                 self._status("reload_failed", str(exc))
                 return
         restart_needed = [name for name in ("device_id", "camera", "mqtt", "queue", "commands", "door_contact",
-                                                 "homeassistant", "access_log", "metrics", "live_view")
+                                                 "homeassistant", "access_log", "metrics", "live_view",
+                                                 "unknown_faces")
                           if getattr(new, name) != getattr(self.config, name)]
-        if new.unknown_faces != self.config.unknown_faces:
-            restart_needed.append("unknown_faces")
         if new.relay.pin != self.config.relay.pin or new.relay.active_high != self.config.relay.active_high:
             restart_needed.append("relay")
         if restart_needed:

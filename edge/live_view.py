@@ -16,14 +16,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 import cv2
 import numpy as np
 
-from edge.errors import ConfigError
+from edge.http_server import BackgroundHTTPServer
 
 log = logging.getLogger("edge.live_view")
 
@@ -261,22 +261,14 @@ class LiveViewServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("live view: " + format, *args)
 
-        try:
-            self.httpd = ThreadingHTTPServer((bind, port), Handler)
-        except OSError as exc:
-            raise ConfigError(f"live_view.port: cannot listen on {bind}:{port} ({exc.strerror})") from None
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="live-view", daemon=True)
+        self._server = BackgroundHTTPServer("live_view.port", bind, port, Handler, "live-view")
+        self.port = self._server.port
 
     def start(self) -> None:
-        self._thread.start()
-        log.info("live view on http://%s:%d/ (token required)", self.httpd.server_address[0], self.port)
+        self._server.start()
+        log.info("live view on http://%s:%d/ (token required)", self._server.host, self.port)
 
     def stop(self) -> None:
         """Ends open streams too, so no viewer keeps a thread (or the last frame) alive."""
         self._stopping.set()
-        if self._thread.is_alive():
-            self.httpd.shutdown()
-            self._thread.join(timeout=5.0)
-        self.httpd.server_close()
+        self._server.stop()

@@ -11,9 +11,9 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
-from edge.errors import ConfigError
+from edge.http_server import BackgroundHTTPServer
 
 log = logging.getLogger("edge.prometheus")
 
@@ -101,20 +101,12 @@ class MetricsServer:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 log.debug("metrics: " + format, *args)
 
-        try:
-            self.httpd = ThreadingHTTPServer((bind, port), Handler)
-        except OSError as exc:
-            raise ConfigError(f"metrics.port: cannot listen on {bind}:{port} ({exc.strerror})") from None
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+        self._server = BackgroundHTTPServer("metrics.port", bind, port, Handler, "metrics")
+        self.port = self._server.port
 
     def start(self) -> None:
-        self._thread.start()
-        log.info("metrics on http://%s:%d/metrics", self.httpd.server_address[0], self.port)
+        self._server.start()
+        log.info("metrics on http://%s:%d/metrics", self._server.host, self.port)
 
     def stop(self) -> None:
-        if self._thread.is_alive():
-            self.httpd.shutdown()
-            self._thread.join(timeout=5.0)
-        self.httpd.server_close()
+        self._server.stop()
