@@ -19,10 +19,16 @@ from edge.landmarks import (
     CHEEK_RIGHT,
     CHIN,
     EYE_LEFT_INNER,
+    EYE_LEFT_LOWER,
     EYE_LEFT_OUTER,
+    EYE_LEFT_UPPER,
     EYE_RIGHT_INNER,
+    EYE_RIGHT_LOWER,
     EYE_RIGHT_OUTER,
+    EYE_RIGHT_UPPER,
     EYELID_CONTOUR,
+    EYELID_MID_LOWER,
+    EYELID_MID_UPPER,
     FOREHEAD,
     IRIS_FILE,
     MESH_FILE,
@@ -128,16 +134,20 @@ def test_eyelid_opening_is_open_eye_range(landmarks_dir: Path, landmarker: FaceL
     assert mesh.irises is None  # mesh only: eyelids come from the mesh
 
 
-def _mirror_partner() -> np.ndarray:
-    partner = np.arange(468)
-    pairs = np.concatenate([UPPER_FACE_PAIRS, EYELID_CONTOUR.T, [[CHEEK_LEFT, CHEEK_RIGHT]]])
-    partner[pairs[:, 0]], partner[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
-    return partner
+def _mirror_error(mesh: FaceMesh, other: FaceMesh, width: int, pairs: np.ndarray) -> np.ndarray:
+    """For (a, b) pairs: distance from point a of `mesh` to point b of the mirrored image's mesh
+    mapped back, and from b to a (both directions)."""
+    back = other.points[:, :2].copy()
+    back[:, 0] = width - back[:, 0]
+    points = mesh.points[:, :2]
+    return np.concatenate([np.linalg.norm(points[pairs[:, 0]] - back[pairs[:, 1]], axis=1),
+                           np.linalg.norm(points[pairs[:, 1]] - back[pairs[:, 0]], axis=1)])
 
 
 def test_mirrored_image_gives_mirrored_points(landmarker: FaceLandmarker, frontal) -> None:
-    partner = _mirror_partner()
-    named = np.unique(np.concatenate([UPPER_FACE, EYELID_CONTOUR.reshape(-1), [CHEEK_LEFT, CHEEK_RIGHT, CHIN]]))
+    midline = np.stack([UPPER_FACE_MIDLINE, UPPER_FACE_MIDLINE], axis=1)
+    named = np.array([(CHEEK_LEFT, CHEEK_RIGHT), (EYE_LEFT_OUTER, EYE_RIGHT_OUTER), (EYE_LEFT_INNER, EYE_RIGHT_INNER),
+                      (EYE_LEFT_UPPER, EYE_RIGHT_UPPER), (EYE_LEFT_LOWER, EYE_RIGHT_LOWER), (CHIN, CHIN)])
     for name, image, face in frontal:
         width = image.shape[1]
         x, y, w, h = face.box
@@ -146,17 +156,24 @@ def test_mirrored_image_gives_mirrored_points(landmarker: FaceLandmarker, fronta
         mesh = landmarker.mesh(image, face.box, face.landmarks[:2])
         other = landmarker.mesh(np.ascontiguousarray(image[:, ::-1]), (width - x - w, y, w, h), mirrored_eyes)
         assert other is not None
-        back = other.points[:, :2].copy()
-        back[:, 0] = width - back[:, 0]
         scale = _inter_eye(face)
-        error = np.linalg.norm(back[partner] - mesh.points[:, :2], axis=1)[named] / scale
-        assert np.median(error) < 0.12 and error.max() < 0.3, (name, np.median(error), error.max())
+        for label, pairs in (("upper face", np.concatenate([UPPER_FACE_PAIRS, midline])), ("named", named),
+                             ("mesh eyelids", EYELID_CONTOUR.T)):
+            error = _mirror_error(mesh, other, width, pairs) / scale
+            assert np.median(error) < 0.12 and error.max() < 0.3, (name, label, np.median(error), error.max())
         lids = other.eyelids[::-1].copy()
         lids[..., 0] = width - lids[..., 0]
         assert np.abs(lids - mesh.eyelids).max() / scale < 0.2, name
         irises = other.irises[::-1].copy()
         irises[:, 0] = width - irises[:, 0]
         assert np.abs(irises - mesh.irises).max() / scale < 0.1, name
+
+
+def test_named_lid_points_are_the_contour_middles() -> None:
+    assert EYELID_CONTOUR[:, EYELID_MID_UPPER].tolist() == [EYE_LEFT_UPPER, EYE_RIGHT_UPPER]
+    assert EYELID_CONTOUR[:, EYELID_MID_LOWER].tolist() == [EYE_LEFT_LOWER, EYE_RIGHT_LOWER]
+    assert EYELID_CONTOUR[:, 0].tolist() == [EYE_LEFT_OUTER, EYE_RIGHT_OUTER]
+    assert EYELID_CONTOUR[:, 8].tolist() == [EYE_LEFT_INNER, EYE_RIGHT_INNER]
 
 
 def test_upper_face_holds_only_rigid_points() -> None:
