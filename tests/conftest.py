@@ -89,3 +89,16 @@ def recognizer(facenet_model: Path, mtcnn_dir: Path):
     rec = Recognizer.from_paths(facenet_model, None, mtcnn_dir=mtcnn_dir, min_face_size=20)
     yield rec
     rec.close()
+
+
+@pytest.fixture(scope="session")
+def landmarks_dir(models_dir: Path) -> Path:
+    """The face mesh and iris models (`make models` puts them in models/landmarks)."""
+    return _require_model(models_dir / "landmarks" / "face_landmark.tflite").parent
+
+
+@pytest.fixture(scope="module")
+def landmarker(landmarks_dir: Path):
+    from edge.landmarks import FaceLandmarker
+
+    return FaceLandmarker(landmarks_dir)
