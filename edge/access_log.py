@@ -27,7 +27,7 @@ from typing import Any, TextIO
 
 from edge.errors import ConfigError, EdgeError
 
-KINDS = ("unlock", "denied", "unknown", "command", "reload")
+KINDS = ("unlock", "denied", "unknown", "spoof", "command", "reload")
 COLUMNS = ("time", "kind", "person", "result", "distance", "detail", "event_id")
 
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS access_log (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, "
@@ -153,6 +153,9 @@ def entry_from_event(event: dict[str, Any]) -> dict[str, Any] | None:
         return {"kind": "unlock" if kind == "recognized" else kind, "result": result, "person": event.get("person"),
                 "distance": event.get("distance"), "detail": detail, "event_id": event.get("id"),
                 "when": event.get("time")}
+    if kind == "spoof_suspected":
+        return {"kind": "spoof", "result": "refused", "person": event.get("person"), "distance": None,
+                "detail": str(event.get("reason", "")), "event_id": event.get("id"), "when": event.get("time")}
     if kind == "status":
         state, detail = event.get("state"), str(event.get("detail", ""))
         mapping = {"command_done": ("command", "accepted"), "command_rejected": ("command", "rejected"),

@@ -226,6 +226,57 @@ class RelayConfig:
 
 
 @dataclass
+class ChallengePromptConfig:
+    left_led_pin: int | str | None = _f(
+        None, "Left arrow LED", "GPIO of an LED on the person's LEFT as they face the door: lit while the daemon "
+        "asks them to turn their head to their left (null: no LED).", _pin)
+    right_led_pin: int | str | None = _f(
+        None, "Right arrow LED", "GPIO of an LED on the person's RIGHT: lit while asking for a turn to the right.",
+        _pin)
+    buzzer_pin: int | str | None = _f(None, "Buzzer", "GPIO of an active buzzer that beeps once when a "
+                                      "challenge starts (null: none).", _pin)
+    beep_s: float = _f(0.2, "Beep length", "Seconds the buzzer sounds per challenge.", _positive)
+
+
+@dataclass
+class LivenessConfig:
+    mode: Literal["off", "passive", "challenge"] = _f(
+        "challenge", "Liveness mode",
+        "off: identity alone unlocks (a printed photo of an enrolled person opens the door). passive: an unlock "
+        "also needs 3D head motion or a blink on the same face within passive_s; people who stand still are "
+        "refused. challenge: like passive, then a random head turn is asked for (LED/buzzer + MQTT prompt) "
+        "and must follow within challenge_s. See docs/liveness.md for what each stops.")
+    models_dir: str = _f("models/landmarks", "Landmark models", "Folder of face_landmark.tflite and "
+                         "iris_landmark.tflite (made by `make models`).", _non_empty)
+    threads: int = _f(1, "Threads", "CPU threads for the landmark models.", _threads)
+    iris: bool = _f(False, "Iris model", "Refine the eyelids with the iris model for the blink check. Costs about "
+                    "3.7 ms more per frame on one thread (docs/liveness.md); off, the face mesh's own eyelid points "
+                    "are used.")
+    window_s: float = _f(2.0, "Evidence window", "Seconds of the face's recent frames the checks look at.",
+                         _positive)
+    passive_s: float = _f(2.0, "Passive wait", "Seconds after the identity decision to wait for 3D motion or a "
+                          "blink before challenging (or refusing, in passive mode).", _non_negative)
+    challenge_s: float = _f(4.0, "Challenge time", "Seconds the person has to turn their head as asked.",
+                            _positive)
+    challenge_yaw: float = _f(
+        0.25, "Challenge turn", "How far the head must turn, as the nose's offset from the cheeks' midpoint over "
+        "half the face width (0.25 is about 18 degrees).", _positive)
+    challenge_parallax: float = _f(
+        0.04, "Challenge parallax", "The frames after the prompt must also show this much parallax (eye distances): "
+        "the face mesh reads some yaw into a turned print, a real turn adds depth.", _positive)
+    min_motion: float = _f(0.05, "Minimum motion", "Out-of-plane motion (eye distances) a pair of frames needs "
+                           "to count as evidence of a 3D head.", _positive)
+    live_parallax: float = _f(0.06, "3D threshold", "Median parallax (eye distances) of those pairs, left after the "
+                              "best single homography, at or above which the face is judged 3D.", _positive)
+    flat_motion: float = _f(0.08, "Flat motion", "A flat verdict needs pairs that moved at least this much (eye "
+                            "distances) ...", _positive)
+    flat_parallax: float = _f(0.02, "Flat threshold", "... with a median parallax below this: a flat picture, "
+                              "refused with a spoof_suspected event.", _positive)
+    prompt: ChallengePromptConfig = _f(None, "Challenge prompt", "See liveness.prompt.*",
+                                       factory=ChallengePromptConfig)
+
+
+@dataclass
 class DoorContactConfig:
     enabled: bool = _f(False, "Door contact", "Read a reed switch reporting the door open or closed.")
     pin: int | str = _f(27, "Contact pin", "BCM GPIO number or pin name of the reed switch.", _pin)
@@ -270,7 +321,7 @@ class UnknownFacesConfig:
 
 @dataclass
 class AccessLogConfig:
-    enabled: bool = _f(True, "Access log", "Record every decision (unlock, denied, unknown, remote command, "
+    enabled: bool = _f(True, "Access log", "Record every decision (unlock, denied, unknown, spoof, remote command, "
                        "reload) in a local SQLite file.")
     path: str | None = _f(None, "Access log file", "SQLite file of the access log (null: access.db beside "
                           "queue.path).")
@@ -323,6 +374,7 @@ class Config:
     commands: CommandsConfig = _f(None, "Commands", "See commands.*", factory=CommandsConfig)
     relay: RelayConfig = _f(None, "Relay", "See relay.*", factory=RelayConfig)
     door_contact: DoorContactConfig = _f(None, "Door contact", "See door_contact.*", factory=DoorContactConfig)
+    liveness: LivenessConfig = _f(None, "Liveness", "See liveness.*", factory=LivenessConfig)
     health: HealthConfig = _f(None, "Health", "See health.*", factory=HealthConfig)
     homeassistant: HomeAssistantConfig = _f(None, "Home Assistant", "See homeassistant.*",
                                             factory=HomeAssistantConfig)
@@ -535,10 +587,28 @@ def _cross_checks(config: Config) -> None:
             raise ConfigError("live_view.token: must be at least 16 characters")
     if config.door_contact.enabled and config.relay.enabled and config.door_contact.pin == config.relay.pin:
         raise ConfigError(f"door_contact.pin: must differ from relay.pin ({config.relay.pin})")
+    lc = config.liveness
+    if lc.flat_parallax > lc.live_parallax:
+        raise ConfigError(f"liveness.flat_parallax: must be <= liveness.live_parallax ({lc.live_parallax})")
+    used = {"relay.pin": config.relay.pin if config.relay.enabled else None,
+            "door_contact.pin": config.door_contact.pin if config.door_contact.enabled else None}
+    for name in ("left_led_pin", "right_led_pin", "buzzer_pin"):
+        pin = getattr(lc.prompt, name)
+        if pin is None:
+            continue
+        clash = next((key for key, other in used.items() if other is not None and other == pin), None)
+        if clash:
+            raise ConfigError(f"liveness.prompt.{name}: pin {pin} is already used by {clash}")
+        used[f"liveness.prompt.{name}"] = pin
 
 
 def config_from_dict(data: Any) -> Config:
     """Validate a parsed mapping into a Config (raises ConfigError naming the key)."""
+    if isinstance(data, dict) and "liveness" in data:
+        # Shorthand `liveness: passive`; YAML reads a bare `off` as false.
+        short = data["liveness"]
+        if short is False or isinstance(short, str):
+            data = {**data, "liveness": {"mode": "off" if short is False else short}}
     config = _build(Config, data, "")
     _cross_checks(config)
     return config

@@ -39,8 +39,19 @@ from edge.config import Config, load_config
 from edge.decision import Decision, DecisionEngine, Observation
 from edge.errors import ConfigError, EdgeError
 from edge.event_queue import EventQueue
-from edge.events import Topics, base_event, door_event, face_event, status_event, utc_now_iso
+from edge.events import (
+    Topics,
+    base_event,
+    door_event,
+    face_event,
+    prompt_event,
+    spoof_event,
+    status_event,
+    utc_now_iso,
+)
 from edge.ha_discovery import HaLockCommands, ha_command_topic, publish_discovery
+from edge.liveness import LivenessSettings
+from edge.liveness_monitor import LivenessMonitor, Outcome
 from edge.mqtt_client import MqttLink
 from edge.relay import DoorContact, DoorRelay, choose_pin_factory
 from edge.unknown_faces import UnknownFaceStore
@@ -59,6 +70,7 @@ class RecognizerLike(Protocol):
 
 
 RecognizerFactory = Callable[[Config], RecognizerLike]
+LandmarkerFactory = Callable[[Config], Any]
 
 
 def default_recognizer(config: Config) -> RecognizerLike:
@@ -68,6 +80,25 @@ def default_recognizer(config: Config) -> RecognizerLike:
     return Recognizer.from_paths(config.model.path, config.gallery.path, mtcnn_dir=config.model.mtcnn_dir,
                                  threads=config.model.threads, min_face_size=config.model.min_face_size,
                                  threshold=config.model.threshold)
+
+
+def default_landmarker(config: Config) -> Any:
+    """The face mesh (and iris) models the liveness checks read."""
+    from edge.landmarks import FaceLandmarker
+
+    return FaceLandmarker(config.liveness.models_dir, threads=config.liveness.threads, iris=config.liveness.iris)
+
+
+def liveness_monitor(config: Config, landmarker: Any) -> LivenessMonitor | None:
+    """The liveness checks as configured; None when liveness is off."""
+    lc = config.liveness
+    if lc.mode == "off":
+        return None
+    settings = LivenessSettings(min_motion=lc.min_motion, live_parallax=lc.live_parallax,
+                                flat_motion=lc.flat_motion, flat_parallax=lc.flat_parallax,
+                                challenge_yaw=lc.challenge_yaw, challenge_parallax=lc.challenge_parallax)
+    return LivenessMonitor(landmarker, lc.mode, settings, passive_s=lc.passive_s, challenge_s=lc.challenge_s,
+                           window_s=lc.window_s)
 
 
 def model_id_of(recognizer: Any) -> str:
@@ -115,7 +146,8 @@ class Daemon:
 
     def __init__(self, config: Config, recognizer_factory: RecognizerFactory = default_recognizer, *,
                  config_path: str | Path | None = None, pin_factory: Any = None,
-                 source_factory: Callable[[], FrameSource] | None = None, echo: bool = False) -> None:
+                 source_factory: Callable[[], FrameSource] | None = None, echo: bool = False,
+                 landmarker_factory: LandmarkerFactory = default_landmarker) -> None:
         self.config = config
         self.config_path = Path(config_path) if config_path else None
         self.recognizer_factory = recognizer_factory
@@ -181,6 +213,19 @@ class Daemon:
             self._door_state = self.contact.state
         self.recognizer = recognizer_factory(config)
         self.model_id = model_id_of(self.recognizer)
+        # Liveness: the mesh models load here, so a missing or corrupt model refuses the start.
+        self.liveness: LivenessMonitor | None = None
+        self.prompter: Any = None
+        self._held: dict[str, Decision] = {}  # unlock decisions waiting for their liveness check
+        if config.liveness.mode != "off":
+            self.liveness = liveness_monitor(config, landmarker_factory(config))
+            prompt = config.liveness.prompt
+            if any(p is not None for p in (prompt.left_led_pin, prompt.right_led_pin, prompt.buzzer_pin)):
+                from edge.challenge_prompt import ChallengePrompter
+
+                self.prompter = ChallengePrompter(prompt, pin_factory=factory)
+        else:
+            log.warning("liveness.mode is off: a printed photo of an enrolled person opens the door")
         cam = config.camera
         self.camera = Camera(source_factory or (lambda: make_source(cam)), cam.retry_s, cam.retry_max_s,
                              on_status=self._camera_status)
@@ -292,6 +337,8 @@ class Daemon:
         old, self.recognizer = self.recognizer, recognizer
         self.model_id = model_id_of(recognizer)
         self.engine.reset()
+        if self.liveness is not None:
+            self.liveness.reset()
         close = getattr(old, "close", None)
         if close is not None:
             close()
@@ -310,7 +357,7 @@ class Daemon:
                 return
         restart_needed = [name for name in ("device_id", "camera", "mqtt", "queue", "commands", "door_contact",
                                                  "homeassistant", "access_log", "metrics", "live_view",
-                                                 "unknown_faces")
+                                                 "unknown_faces", "liveness")
                           if getattr(new, name) != getattr(self.config, name)]
         if new.relay.pin != self.config.relay.pin or new.relay.active_high != self.config.relay.active_high:
             restart_needed.append("relay")
@@ -351,6 +398,8 @@ class Daemon:
         """Recognize one frame, vote, and act on the decisions."""
         started = time.monotonic()
         recognitions = self.recognizer.recognize(image)
+        if self.liveness is not None:
+            self.liveness.observe(time.monotonic(), image, recognitions)
         recognized = time.monotonic()
         self._analyse_ms.append((recognized - started) * 1000)
         for stage, seconds in (getattr(self.recognizer, "last_timings", None) or {}).items():
@@ -366,19 +415,78 @@ class Daemon:
             from zoneinfo import ZoneInfo
 
             tz = ZoneInfo(self.config.decision.timezone)
-        decisions = self.engine.update(time.monotonic(), datetime.now(tz).astimezone(tz), observations)
+        now = time.monotonic()
+        decisions = self.engine.update(now, datetime.now(tz).astimezone(tz), observations)
         self.stage_seconds.observe("decide", time.monotonic() - recognized)
         for decision in decisions:
+            if decision.action == "unlock" and self.liveness is not None:
+                self._hold_for_liveness(decision, now)
+                continue
             self._act(decision, frame_time, image)
+        if self.liveness is not None:
+            for outcome in self.liveness.step(now):
+                self._liveness_outcome(outcome, frame_time, image)
+            for person, why in self.liveness.take_dropped():
+                self._held.pop(person, None)
+                self.engine.forget(person)
+                self._clear_prompt()
+                log.info("liveness check for %s dropped: %s", person, why)
         return decisions
 
-    def _act(self, decision: Decision, frame_time: str | None, image: np.ndarray | None = None) -> None:
+    # --- liveness ----------------------------------------------------------------------------------------------
+
+    def _hold_for_liveness(self, decision: Decision, now: float) -> None:
+        """An identity decision waits for proof of life on the same face; it never unlocks by itself."""
+        assert self.liveness is not None and decision.name is not None
+        if self.liveness.begin(decision.name, now):
+            self._held[decision.name] = decision
+            log.info("%s recognized; checking liveness (%s)", decision.name, self.liveness.mode)
+        else:
+            # Only the nearest (largest) face is tracked for liveness; let the votes run on.
+            self.engine.forget(decision.name)
+
+    def _liveness_outcome(self, outcome: Outcome, frame_time: str | None, image: np.ndarray) -> None:
+        verdict, cfg = outcome.verdict, self.config
+        if verdict.status == "challenge":
+            assert verdict.direction is not None
+            if self.prompter is not None:
+                self.prompter.show(verdict.direction)
+            # Not queued: a prompt delivered after the broker comes back would be useless.
+            self.emit(self.topics.prompt, prompt_event(outcome.person, verdict.direction,
+                                                       cfg.liveness.challenge_s, cfg.device_id, cfg.camera.name),
+                      durable=False)
+            if self.echo:
+                print(f"{utc_now_iso()} PROMPT     {outcome.person}: turn your head to your {verdict.direction}",
+                      flush=True)
+            return
+        self._clear_prompt()
+        decision = self._held.pop(outcome.person, None)
+        if verdict.status == "live" and decision is not None:
+            self._act(replace(decision, box=outcome.box), frame_time, image,
+                      liveness={"mode": cfg.liveness.mode, "method": verdict.method,
+                                "elapsed_s": round(verdict.detail.get("elapsed_s", 0.0), 2)})
+            return
+        reason = verdict.reason or "liveness check failed"
+        self.emit(self.topics.spoof, spoof_event(outcome.person, reason, verdict.detail, outcome.box,
+                                                 cfg.device_id, cfg.camera.name, self.model_id, cfg.liveness.mode,
+                                                 verdict.direction))
+        if self.echo:
+            print(f"{utc_now_iso()} SPOOF?     {outcome.person}: {reason} (door stays locked)", flush=True)
+
+    def _clear_prompt(self) -> None:
+        if self.prompter is not None:
+            self.prompter.clear()
+
+    def _act(self, decision: Decision, frame_time: str | None, image: np.ndarray | None = None,
+             liveness: dict[str, Any] | None = None) -> None:
         unlock_s = self.config.relay.unlock_s if self.relay is not None else None
         if decision.action == "unlock" and self.relay is not None:
             self.relay.unlock(reason=f"recognized {decision.name}")  # the door first, the message second
             self.stats["unlocks"] += 1
         event = face_event(decision, self.config.device_id, self.config.camera.name, self.model_id, frame_time,
                            unlock_s)
+        if decision.action == "unlock":
+            event["liveness"] = liveness or {"mode": "off"}
         if decision.action == "unknown" and image is not None:
             self._keep_unknown_face(event, image, decision)
         self.emit(self.topics.for_decision(decision), event)
@@ -416,7 +524,7 @@ class Daemon:
                 "mqtt_connected": self.mqtt.connected.is_set(), "queue_depth": len(self.queue),
                 "queue_dropped": self.queue.dropped, "rss_mb": round(_rss_mb(), 1),
                 "cpu_percent": round(100 * (cpu - mark_cpu) / max(now - mark_t, 1e-6), 1),
-                "model_id": self.model_id, "door": self._door_state,
+                "model_id": self.model_id, "door": self._door_state, "liveness": self.config.liveness.mode,
                 "lock": "unlocked" if self.relay is not None and self.relay.unlocked else "locked"}
 
     def last_events(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -522,6 +630,8 @@ class Daemon:
         self.camera.stop()
         if self.relay is not None:
             self.relay.close()
+        if self.prompter is not None:
+            self.prompter.close()
         if self.contact is not None:
             self.contact.close()
         self._status("stopping", f"{len(self.queue)} event(s) left in the queue")
@@ -580,6 +690,8 @@ def prepare_demo(config: Config, state_dir: Path) -> Config:
         commands=replace(config.commands, nonce_path=str(state_dir / "nonces.json")),
         decision=replace(config.decision, cooldown_s=min(config.decision.cooldown_s, 6.0),
                          unknown_interval_s=min(config.decision.unknown_interval_s, 6.0)),
+        # The demo shows still photos, which no liveness check may accept.
+        liveness=replace(config.liveness, mode="off"),
     )
     recognizer = default_recognizer(demo)
     gallery = Gallery(demo.gallery.path, model_id_of(recognizer))
@@ -592,6 +704,8 @@ def prepare_demo(config: Config, state_dir: Path) -> Config:
         digest = hashlib.sha256(enroll.read_bytes()).hexdigest()
         gallery.add(DEMO_PERSON, template[None, :], [digest], [str(enroll)])
         print(f"demo: enrolled {DEMO_PERSON} from {enroll}", flush=True)
+    print("demo: liveness is OFF because the demo camera shows still photos; a real door keeps "
+          "liveness.mode: challenge (docs/liveness.md)", flush=True)
     print(f"demo: showing {len(frames)} photos in a loop from {frame_dir}; MQTT {demo.mqtt.host}:{demo.mqtt.port}, "
           f"topics {Topics(demo.mqtt.topic_prefix, demo.device_id).base}/#", flush=True)
     return demo

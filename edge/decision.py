@@ -114,6 +114,10 @@ class DecisionEngine:
         """Forget the votes (the gallery changed, so old names may mean something else)."""
         self._frames.clear()
 
+    def forget(self, name: str) -> None:
+        """Lift `name`'s cooldown: an unlock decision that was held back (liveness) never happened."""
+        self._last_action.pop(name, None)
+
     def update(self, now: float, when: datetime, observations: list[Observation]) -> list[Decision]:
         """Add one analysed frame (monotonic time `now`, local wall time `when`); return the decisions."""
         best: dict[str, Observation] = {}

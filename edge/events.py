@@ -14,7 +14,7 @@ from typing import Any
 
 from edge.decision import Decision
 
-EVENT_KINDS = ("recognized", "unknown", "denied", "door", "status", "health", "command")
+EVENT_KINDS = ("recognized", "unknown", "denied", "spoof_suspected", "prompt", "door", "status", "health", "command")
 
 
 def utc_now_iso() -> str:
@@ -31,6 +31,8 @@ class Topics:
         self.recognized = f"{self.base}/event/recognized"
         self.unknown = f"{self.base}/event/unknown"
         self.denied = f"{self.base}/event/denied"
+        self.spoof = f"{self.base}/event/spoof_suspected"  # liveness refused an enrolled face
+        self.prompt = f"{self.base}/event/prompt"  # liveness asks the person to turn their head
         self.door = f"{self.base}/door"  # retained door state
         self.status = f"{self.base}/status"
         self.health = f"{self.base}/health"
@@ -71,6 +73,25 @@ def face_event(decision: Decision, device: str, camera: str, model_id: str, fram
     if kind == "denied":
         event["reason"] = "outside schedule"
     return event
+
+
+def _rounded(detail: dict[str, float]) -> dict[str, float | None]:
+    return {k: (round(float(v), 4) if math.isfinite(float(v)) else None) for k, v in detail.items()}
+
+
+def spoof_event(person: str, reason: str, detail: dict[str, float], box: tuple[float, float, float, float],
+                device: str, camera: str, model_id: str, mode: str, direction: str | None = None) -> dict[str, Any]:
+    """An enrolled person's face that failed the liveness check: no unlock."""
+    x, y, w, h = (round(float(v), 1) for v in box)
+    return base_event("spoof_suspected", device, camera, person=person, reason=reason, liveness_mode=mode,
+                      challenge=direction, evidence=_rounded(detail), box={"x": x, "y": y, "w": w, "h": h},
+                      model_id=model_id)
+
+
+def prompt_event(person: str, direction: str, timeout_s: float, device: str, camera: str) -> dict[str, Any]:
+    """Ask the person at the door to turn their head to their own `direction` within `timeout_s`."""
+    return base_event("prompt", device, camera, person=person, direction=direction, timeout_s=timeout_s,
+                      text=f"Please turn your head to your {direction}")
 
 
 def door_event(device: str, lock: str, door: str, reason: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ done
 
 [ "$(id -u)" -eq 0 ] || { echo "run as root (sudo $0)" >&2; exit 1; }
 [ -f pyproject.toml ] && [ -d edge ] || { echo "run from the repository root" >&2; exit 1; }
-for f in models/facenet/facenet_dynamic.tflite models/facenet/facenet_dynamic.json models/mtcnn; do
+for f in models/facenet/facenet_dynamic.tflite models/facenet/facenet_dynamic.json models/mtcnn models/landmarks; do
   [ -e "$f" ] || { echo "$f is missing: build the models first (make models) and copy models/ here" >&2; exit 1; }
 done
 
@@ -39,7 +39,7 @@ cp -r edge pyproject.toml config.yaml "$PREFIX"/
 [ -f README.md ] && cp README.md "$PREFIX"/
 install -d -m 0755 "$PREFIX/docs" "$PREFIX/models"
 cp -r docs/. "$PREFIX/docs/"
-cp -r models/facenet models/mtcnn "$PREFIX/models/"
+cp -r models/facenet models/mtcnn models/landmarks "$PREFIX/models/"
 python3 -m venv --system-site-packages "$PREFIX/.venv"
 "$PREFIX/.venv/bin/pip" install --upgrade pip
 "$PREFIX/.venv/bin/pip" install "$PREFIX"
@@ -49,6 +49,7 @@ chown -R root:root "$PREFIX"
 install -d -m 0750 -o root -g edge-face /etc/edge-face
 if [ ! -f /etc/edge-face/config.yaml ]; then
   sed -e "s#^  path: models/#  path: $PREFIX/models/#" -e "s#^  mtcnn_dir: models/#  mtcnn_dir: $PREFIX/models/#" \
+      -e "s#^  models_dir: models/#  models_dir: $PREFIX/models/#" \
       config.yaml > /etc/edge-face/config.yaml
   chown root:edge-face /etc/edge-face/config.yaml
   chmod 0640 /etc/edge-face/config.yaml

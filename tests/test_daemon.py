@@ -72,6 +72,8 @@ def make_config(tmp_path: Path, server: Broker, frames: Path, **sections: dict[s
         "relay": {"pin": 17, "unlock_s": 0.5, "mock": "always"},
         "health": {"interval_s": 3600.0},
         "commands": {"nonce_path": str(tmp_path / "nonces.json")},
+        # These tests are about identity, MQTT and the relay; tests/test_liveness_daemon.py turns liveness on.
+        "liveness": {"mode": "off"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
