@@ -742,22 +742,28 @@ class BonaFide(Presentation):
     video_fps: float = 30.0
 
     def source_frames(self, prompt: str | None = None, prompt_index: int | None = None) -> list[int]:
-        """The source frame shown at each index: all inside one shot by construction."""
-        out = []
+        """The source frame shown at each index: all inside one shot by construction, and continuous:
+        after the reaction the video plays on from wherever the calm stretch was into the turn."""
+        out: list[int] = []
         src_per_frame = self.video_fps / self.fps
         calm_n = self.calm[1] - self.calm[0]
+        react = None if prompt is None else prompt_index + self.reaction_frames()
+        position: float | None = None  # source position once the subject reacts
+        turn_n = self.segment.stop - self.segment.start
         for i in range(self.n_frames):
-            react = None if prompt is None else prompt_index + self.reaction_frames()
             if react is None or i < react:
                 k = int(round(i * src_per_frame)) % max(2 * (calm_n - 1), 1)
                 out.append(self.calm[0] + (k if k < calm_n else 2 * (calm_n - 1) - k))
-            else:
-                k = int(round((i - react) * src_per_frame))
-                turn_n = self.segment.stop - self.segment.start
-                if k >= turn_n:  # hold the turned pose, swaying over its last frames
-                    tail = min(6, turn_n - 1)
-                    k = turn_n - 1 - abs((k - turn_n) % (2 * tail) - tail) if tail > 0 else turn_n - 1
-                out.append(self.segment.start + k)
+                continue
+            position = float(out[-1] if out else self.segment.start) if position is None else position + src_per_frame
+            if position < self.segment.start:  # the rest of the calm stretch, up to where the turn starts
+                out.append(int(round(position)))
+                continue
+            k = int(round(position - self.segment.start))
+            if k >= turn_n:  # hold the turned pose, swaying over its last frames
+                tail = min(6, turn_n - 1)
+                k = turn_n - 1 - abs((k - turn_n) % (2 * tail) - tail) if tail > 0 else turn_n - 1
+            out.append(self.segment.start + k)
         return out
 
     def mirrored(self, prompt: str | None) -> bool:
@@ -779,18 +785,24 @@ class BonaFide(Presentation):
 
 
 def _calm_window(track: Track, avoid: tuple[int, int], length: int) -> tuple[int, int] | None:
-    """The `length`-frame stretch of the track, outside `avoid`, with the steadiest yaw, preferring
-    ones just before the turn so the switch to it is small."""
+    """The stretch the subject shows before the prompt: the steadiest `length` frames of the track
+    that end right before the turn, so the switch to the turn is continuous (no jump a tracker would
+    take for another face). When a long turn starts the track, its first few frames played back and
+    forth."""
     best = None
     frames = track.frames
     for a in range(len(frames) - length + 1):
         start, stop = int(frames[a]), int(frames[a + length - 1]) + 1
-        if stop - start > 1.5 * length or not (stop <= avoid[0] or start >= avoid[1]):
+        if stop - start > 1.5 * length or not stop <= avoid[0] <= stop + 2:
             continue
-        spread = float(np.ptp(track.yaws[a:a + length])) + 0.002 * abs(avoid[0] - stop)
+        spread = float(np.ptp(track.yaws[a:a + length]))
         if best is None or spread < best[0]:
             best = (spread, (start, stop))
-    return None if best is None else best[1]
+    if best is not None:
+        return best[1]
+    if avoid[1] - avoid[0] < 30:  # short tracks at a shot's start are camera whips more than head turns
+        return None
+    return avoid[0], avoid[0] + 4
 
 
 def bona_fide_presentations(video_dir: str | Path, seed: int, detector: FaceDetector, fps: float = 15.0,
