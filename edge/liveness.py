@@ -48,6 +48,11 @@ YAW_SIGN: dict[str, int] = {"left": +1, "right": -1}
 # turns the ratio into approximate degrees for people reading logs, the checks use the same scale.
 YAW_DEPTH_RATIO = 0.75
 EYE_CORNERS = ((EYE_LEFT_OUTER, EYE_LEFT_INNER), (EYE_RIGHT_INNER, EYE_RIGHT_OUTER))
+# No head moves half an eye distance beyond a similarity between two frames a second apart, and no
+# nose sits further out than the cheeks: values past these are the landmark model losing the face
+# (a blurred or half-turned frame), never evidence.
+MAX_PLAUSIBLE_MOTION = 0.5
+MAX_PLAUSIBLE_YAW = 1.2
 
 
 # --- geometry -------------------------------------------------------------------------------------
@@ -236,7 +241,8 @@ def flatness(samples: Sequence[Sample], settings: LivenessSettings) -> Flatness:
     (docs/liveness.md measures it), so 'live' needs clear parallax, and 'flat' needs a print that
     moved a lot and stayed nearly planar; everything between is undecided and left to the
     challenge."""
-    pairs = [p for s in samples for p in s.pairs]
+    pairs = [p for s in samples for p in s.pairs
+             if p.motion <= MAX_PLAUSIBLE_MOTION and p.residual <= MAX_PLAUSIBLE_MOTION]
     moving = [p for p in pairs if p.motion >= settings.min_motion]
     max_motion = max((p.motion for p in pairs), default=0.0)
     if len(moving) < settings.min_pairs:
@@ -281,8 +287,9 @@ def find_blink(samples: Sequence[Sample], settings: LivenessSettings) -> float |
 
 def yaw_followed(samples: Sequence[Sample], direction: Direction, since: float, settings: LivenessSettings) -> float:
     """How far (yaw ratio, signed toward `direction`) the head turned after `since` from where it was then."""
-    before = [s.yaw for s in samples if s.t <= since]
-    after = [s.yaw for s in samples if s.t > since]
+    plausible = [s for s in samples if abs(s.yaw) <= MAX_PLAUSIBLE_YAW]
+    before = [s.yaw for s in plausible if s.t <= since]
+    after = [s.yaw for s in plausible if s.t > since]
     if not after:
         return 0.0
     start = before[-1] if before else after[0]

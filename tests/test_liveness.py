@@ -20,6 +20,7 @@ from edge.images import load_image
 from edge.liveness import (
     LivenessCheck,
     LivenessSettings,
+    PairMotion,
     Sample,
     _p90,
     eye_openness,
@@ -205,6 +206,16 @@ def test_identity_must_hold_over_the_whole_window(head) -> None:
     # The last 0.3 s unrecognized (a head turned to profile) is allowed; 0.4 s with a 0.35 s limit is not.
     assert identity_held(named(["ann"] * 6 + [None] * 3), "ann", end_gap_s=0.35)
     assert not identity_held(named(["ann"] * 5 + [None] * 4), "ann", end_gap_s=0.35)
+
+
+def test_landmark_glitches_are_no_evidence(head) -> None:
+    points, _ = head
+    base = samples(points, [{} for _ in range(12)])
+    glitch = PairMotion(0.5, 0.9, 0.8)  # the mesh lost the face: far more than any head moves
+    broken = [Sample(s.t, s.box, s.name, s.points, s.openness, 2.5 if i == 11 else s.yaw, (glitch,) * 3)
+              for i, s in enumerate(base)]
+    assert flatness(broken, SETTINGS).verdict == "undecided"
+    assert yaw_followed(broken, "left", 0.5, SETTINGS) < SETTINGS.challenge_yaw
 
 
 def test_yaw_followed_measures_the_asked_direction(head) -> None:
