@@ -4,8 +4,8 @@
 
 Frame: 640x480, one real face of >= 80 px (the centre of
 ../shared/faces/hard_cases/resolution_ladder/ageitgey__obama-480p.jpg, or the face_recognition
-test photo obama.jpg scaled to 640x480 when ../shared is missing). One thread for every network
-and for BLAS. Per run: detect + crop + embed + match against a gallery of --people enrolled people
+test photo obama.jpg scaled to 640x480 when ../shared is missing). One thread for every network,
+for BLAS and for OpenCV. Per run: detect + crop + embed + match against a gallery of --people enrolled people
 (one real, the rest random unit vectors, as matching cost depends only on the count); median and
 p90 per stage and in total. Then the time to enroll --enroll photos of ../shared/faces/people
 through tools/enroll.py's code path (detect, quality gates, enrollment views, gallery write).
@@ -77,6 +77,7 @@ def fill_gallery(path: Path, model_id: str, real: np.ndarray, people: int) -> No
 
 
 def bench_frame(min_face: int, runs: int, people: int, workdir: Path) -> dict:
+    cv2.setNumThreads(1)  # the pyramid's resizes and the crops: one thread like everything else
     frame, frame_name = test_frame()
     detector = FaceDetector(MTCNN, min_face_size=min_face, threads=1)
     embedder = Embedder(MODEL, threads=1)
