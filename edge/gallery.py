@@ -137,7 +137,10 @@ class Gallery:
         self._lock = threading.RLock()
         self._data_version: int | None = None
         self._dirty = True
-        self._matrix = np.zeros((0, 0), dtype=np.float32)
+        # The enrolled embeddings as columns (D, N), C-contiguous: `probes @ self._columns` runs
+        # OpenBLAS's row-wise kernel, about twice as fast as `probes @ rows.T` over the same
+        # 10,000 x 512 floats (docs/recognition.md, Speed). Only this layout is kept in memory.
+        self._columns = np.zeros((0, 0), dtype=np.float32)
         self._owner = np.zeros(0, dtype=np.int64)
         self._names: list[str] = []
         with _private_umask():  # SQLite may create the -wal/-shm files at any of the first queries
@@ -288,7 +291,7 @@ class Gallery:
             except KeyError as exc:
                 raise GalleryError(f"{self.path}: gallery is damaged: embeddings of unknown person {exc}") from None
             matrix = np.frombuffer(blob, dtype="<f4").astype(np.float32).reshape(len(rows), dim)
-            self._matrix, self._owner, self._names = np.ascontiguousarray(matrix), owner.astype(np.int64), names
+            self._columns, self._owner, self._names = np.ascontiguousarray(matrix.T), owner.astype(np.int64), names
             self._data_version = version
             self._dirty = False
             return True
@@ -299,13 +302,13 @@ class Gallery:
         with self._lock:
             if self._dirty:
                 self.refresh()
-        return int(self._matrix.shape[0])
+        return int(self._columns.shape[1])
 
     @property
     def dim(self) -> int | None:
         """Embedding size of the current model in this gallery, None while it has none."""
         _ = self.size
-        return int(self._matrix.shape[1]) if self._matrix.shape[0] else None
+        return int(self._columns.shape[0]) if self._columns.shape[1] else None
 
     def people(self) -> list[str]:
         """Every enrolled name (any model), sorted."""
@@ -369,14 +372,14 @@ class Gallery:
         with self._lock:
             if self._dirty:
                 self.refresh()
-            matrix, owner, names = self._matrix, self._owner, self._names
-        if matrix.shape[0] == 0:
+            columns, owner, names = self._columns, self._owner, self._names
+        if columns.shape[1] == 0:
             return [Match(None, float("inf"), None) for _ in range(probes.shape[0])]
-        if probes.shape[1] != matrix.shape[1]:
+        if probes.shape[1] != columns.shape[0]:
             raise GalleryError(f"{self.path}: probe embeddings have {probes.shape[1]} values, the gallery's "
-                               f"{self.model_id} embeddings have {matrix.shape[1]}")
-        # For unit vectors d^2 = 2 - 2 cos: one matrix product, then the best row per probe.
-        similarity = probes @ matrix.T
+                               f"{self.model_id} embeddings have {columns.shape[0]}")
+        # For unit vectors d^2 = 2 - 2 cos: one matrix product, then the best column per probe.
+        similarity = probes @ columns
         best = np.argmax(similarity, axis=1)
         best_sim = similarity[np.arange(probes.shape[0]), best]
         distances = np.sqrt(np.maximum(2.0 - 2.0 * best_sim, 0.0))
@@ -392,12 +395,12 @@ class Gallery:
         probe = _as_embeddings(embedding, "probe embedding")[0]
         with self._lock:
             self.refresh()
-            matrix, owner, names = self._matrix, self._owner, self._names
-        if matrix.shape[0] == 0:
+            columns, owner, names = self._columns, self._owner, self._names
+        if columns.shape[1] == 0:
             return {}
-        if probe.shape[0] != matrix.shape[1]:
-            raise GalleryError(f"probe embedding has {probe.shape[0]} values, the gallery's have {matrix.shape[1]}")
-        distances = np.sqrt(np.maximum(2.0 - 2.0 * (matrix @ probe), 0.0))
+        if probe.shape[0] != columns.shape[0]:
+            raise GalleryError(f"probe embedding has {probe.shape[0]} values, the gallery's have {columns.shape[0]}")
+        distances = np.sqrt(np.maximum(2.0 - 2.0 * (probe @ columns), 0.0))
         best = np.full(len(names), np.inf)
         np.minimum.at(best, owner, distances)
         return {name: float(best[i]) for i, name in enumerate(names)}

@@ -20,10 +20,12 @@ import pytest
 from edge.detector import (
     Face,
     FaceDetector,
+    Halvings,
     apply_offsets,
     check_image,
     iou_matrix,
     nms,
+    normalize,
     pyramid_scales,
     square,
 )
@@ -105,6 +107,27 @@ def test_nms_keeps_best_of_overlapping_and_separate_boxes() -> None:
     assert nms(nested, np.array([0.9, 0.8]), 0.7).tolist() == [0, 1]
     assert nms(nested, np.array([0.9, 0.8]), 0.7, mode="min").tolist() == [0]
     assert nms(np.empty((0, 4)), np.empty(0), 0.5).tolist() == []
+
+
+@pytest.mark.parametrize("shape", [(480, 640, 3), (482, 646, 3), (37, 52, 3), (2000, 3000, 3)])
+@pytest.mark.parametrize("fill", ["random", 0, 255])
+def test_integer_halvings_equal_float_area_resizes_bit_for_bit(shape: tuple[int, int, int], fill: object) -> None:
+    # The pyramid's halvings are computed from uint16 pixel sums for speed; they must be exactly
+    # what cv2.INTER_AREA gives on the normalized float32 frame, including past EXACT_HALVINGS
+    # and for odd sizes, where they fall back to it.
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, size=shape, dtype=np.uint8) if fill == "random" else np.full(shape, fill, np.uint8)
+    normalized = normalize(image)
+    halvings, expected = Halvings(image, normalized), normalized
+    for _ in range(7):
+        if min(expected.shape[:2]) < 4:
+            break
+        expected = cv2.resize(expected, (expected.shape[1] // 2, expected.shape[0] // 2),
+                              interpolation=cv2.INTER_AREA)
+        got = halvings.halve()
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.array_equal(got, expected)
+    assert np.array_equal(normalize(image), normalized), "the frame must not be modified"
 
 
 def test_box_helpers() -> None:

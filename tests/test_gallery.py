@@ -87,6 +87,31 @@ def test_match_many_equals_match(gallery: Gallery, rng: np.random.Generator) -> 
         assert m.distance == pytest.approx(s.distance, abs=1e-6)
 
 
+def test_match_agrees_with_brute_force_distances(gallery: Gallery, rng: np.random.Generator) -> None:
+    # The matrix is kept as columns (D, N) for speed; whatever the layout, every probe's nearest
+    # person and distance must be those of the plain float64 distance to every stored row.
+    rows, owners = [], []
+    for i in range(300):
+        vectors = unit(rng, 1 + i % 3)
+        add(gallery, f"p{i:03d}", vectors)
+        rows.append(vectors)
+        owners += [f"p{i:03d}"] * len(vectors)
+    rows = np.concatenate(rows).astype(np.float64)
+    probes = np.concatenate([near(rows[::37], rng, 0.05), unit(rng, 5)])
+    matches = gallery.match_many(probes, threshold=0.9)
+    for probe, match in zip(probes, matches, strict=True):
+        distances = np.linalg.norm(rows - probe.astype(np.float64), axis=1)
+        best = int(np.argmin(distances))
+        assert match.nearest == owners[best]
+        assert match.distance == pytest.approx(distances[best], abs=1e-5)
+        assert match.name == (owners[best] if distances[best] <= 0.9 else None)
+        by_person = gallery.person_distances(probe)
+        assert by_person[owners[best]] == pytest.approx(distances[best], abs=1e-5)
+    assert gallery.size == len(rows) and gallery.dim == DIM
+    assert all(m.name is not None for m in matches[:-5]), "probes near a stored row must be accepted"
+    assert all(m.name is None for m in matches[-5:]), "random unit vectors must be rejected"
+
+
 def test_empty_gallery_matches_nobody(gallery: Gallery, rng: np.random.Generator) -> None:
     match = gallery.match(unit(rng)[0], threshold=1.0)
     assert match.name is None and match.nearest is None and match.distance == float("inf")
