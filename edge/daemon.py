@@ -50,7 +50,6 @@ from edge.events import (
     utc_now_iso,
 )
 from edge.ha_discovery import HaLockCommands, ha_command_topic, publish_discovery
-from edge.liveness import LivenessSettings
 from edge.liveness_monitor import LivenessMonitor, Outcome
 from edge.mqtt_client import MqttLink
 from edge.relay import DoorContact, DoorRelay, choose_pin_factory
@@ -87,18 +86,6 @@ def default_landmarker(config: Config) -> Any:
     from edge.landmarks import FaceLandmarker
 
     return FaceLandmarker(config.liveness.models_dir, threads=config.liveness.threads, iris=config.liveness.iris)
-
-
-def liveness_monitor(config: Config, landmarker: Any) -> LivenessMonitor | None:
-    """The liveness checks as configured; None when liveness is off."""
-    lc = config.liveness
-    if lc.mode == "off":
-        return None
-    settings = LivenessSettings(min_motion=lc.min_motion, live_parallax=lc.live_parallax,
-                                flat_motion=lc.flat_motion, flat_parallax=lc.flat_parallax,
-                                challenge_yaw=lc.challenge_yaw, challenge_parallax=lc.challenge_parallax)
-    return LivenessMonitor(landmarker, lc.mode, settings, passive_s=lc.passive_s, challenge_s=lc.challenge_s,
-                           window_s=lc.window_s)
 
 
 def model_id_of(recognizer: Any) -> str:
@@ -218,7 +205,7 @@ class Daemon:
         self.prompter: Any = None
         self._held: dict[str, Decision] = {}  # unlock decisions waiting for their liveness check
         if config.liveness.mode != "off":
-            self.liveness = liveness_monitor(config, landmarker_factory(config))
+            self.liveness = LivenessMonitor.from_config(config.liveness, landmarker_factory(config))
             prompt = config.liveness.prompt
             if any(p is not None for p in (prompt.left_led_pin, prompt.right_led_pin, prompt.buzzer_pin)):
                 from edge.challenge_prompt import ChallengePrompter

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.liveness import Box, Sample, eye_openness, pair_motion, yaw_ratio
+from edge.liveness import Box, LivenessSettings, Sample, eye_openness, pair_motion, yaw_ratio
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,9 @@ class FaceTrack:
 class FaceTracker:
     """Keeps the current track of the largest face; starts a new one whenever continuity breaks."""
 
-    def __init__(self, limits: TrackLimits | None = None, pair_gaps_s: tuple[float, ...] = (0.25, 0.5, 1.0)) -> None:
+    def __init__(self, limits: TrackLimits | None = None, pair_gaps_s: tuple[float, ...] | None = None) -> None:
         self.limits = limits or TrackLimits()
-        self.pair_gaps_s = pair_gaps_s
+        self.pair_gaps_s = pair_gaps_s if pair_gaps_s is not None else LivenessSettings().pair_gaps_s
         self.track: FaceTrack | None = None
         self._next_id = 1
 

@@ -21,7 +21,7 @@ like a head (docs/liveness.md); the challenge makes a replay much harder, not im
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -285,7 +285,7 @@ def find_blink(samples: Sequence[Sample], settings: LivenessSettings) -> float |
     return None
 
 
-def yaw_followed(samples: Sequence[Sample], direction: Direction, since: float, settings: LivenessSettings) -> float:
+def yaw_followed(samples: Sequence[Sample], direction: Direction, since: float) -> float:
     """How far (yaw ratio, signed toward `direction`) the head turned after `since` from where it was then."""
     plausible = [s for s in samples if abs(s.yaw) <= MAX_PLAUSIBLE_YAW]
     before = [s.yaw for s in plausible if s.t <= since]
@@ -348,7 +348,7 @@ class LivenessCheck:
     passive_s: float
     challenge_s: float
     window_s: float
-    choose_direction: object  # callable() -> Direction; injected so tests and the bench are seeded
+    choose_direction: Callable[[], Direction]  # injected so tests and the bench are seeded
     direction: Direction | None = None
     challenged_at: float | None = None
 
@@ -370,12 +370,12 @@ class LivenessCheck:
                 return Verdict("pending", detail=detail)
             if self.mode == "passive":
                 return Verdict("spoof", "no sign of life (no 3D motion, no blink)", detail=detail)
-            self.direction = self.choose_direction()  # type: ignore[operator]
+            self.direction = self.choose_direction()
             self.challenged_at = now
             return Verdict("challenge", direction=self.direction, detail=detail)
         assert self.direction is not None
         since = [s for s in samples if s.t >= self.challenged_at - self.window_s]
-        turned = yaw_followed(since, self.direction, self.challenged_at, self.settings)
+        turned = yaw_followed(since, self.direction, self.challenged_at)
         # The face mesh reads some yaw into a turned print's foreshortening, so the turn must also
         # look 3D: parallax in the frame pairs that end after the prompt.
         turn = flatness([s for s in since if s.t > self.challenged_at], self.settings)

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from edge.config import LivenessConfig
 from edge.face_track import FaceTracker, TrackLimits
 from edge.liveness import Box, Direction, LivenessCheck, LivenessSettings, Sample, Verdict
 
@@ -23,11 +24,6 @@ class FaceLike(Protocol):
     box: tuple[float, float, float, float]
     landmarks: np.ndarray
     name: str | None
-
-
-class MeshLike(Protocol):
-    points: np.ndarray
-    eyelids: np.ndarray | None
 
 
 class LandmarkerLike(Protocol):
@@ -68,9 +64,17 @@ class LivenessMonitor:
         self.last_sample: Sample | None = None
         self.dropped: list[tuple[str, str]] = []  # (person, why) of checks dropped since the last step
 
-    @property
-    def track_id(self) -> int | None:
-        return self.tracker.track.id if self.tracker.track is not None else None
+    @classmethod
+    def from_config(cls, config: LivenessConfig, landmarker: LandmarkerLike,
+                    choose_direction: Callable[[], Direction] | None = None) -> LivenessMonitor:
+        """The monitor as `liveness.*` configures it (mode must not be 'off')."""
+        if config.mode == "off":
+            raise ValueError("liveness.mode is off: no monitor to build")
+        settings = LivenessSettings(min_motion=config.min_motion, live_parallax=config.live_parallax,
+                                    flat_motion=config.flat_motion, flat_parallax=config.flat_parallax,
+                                    challenge_yaw=config.challenge_yaw, challenge_parallax=config.challenge_parallax)
+        return cls(landmarker, config.mode, settings, passive_s=config.passive_s, challenge_s=config.challenge_s,
+                   window_s=config.window_s, choose_direction=choose_direction)
 
     def observe(self, now: float, image: np.ndarray, faces: Sequence[FaceLike]) -> Sample | None:
         """Add the tracked face of a frame (else its largest; faces come largest first) to its track."""
@@ -82,11 +86,11 @@ class LivenessMonitor:
         self.last_sample = None
         if face is None or track is None:
             return None
-        mesh = self.landmarker.mesh(image, face.box, np.asarray(face.landmarks)[:2])
+        box = boxes[chosen]  # type: ignore[index]
+        mesh = self.landmarker.mesh(image, box, np.asarray(face.landmarks)[:2])
         if mesh is None:
             return None
-        self.last_sample = track.add(now, tuple(float(v) for v in face.box), getattr(face, "name", None), mesh.points,
-                                     mesh.eyelids)
+        self.last_sample = track.add(now, box, getattr(face, "name", None), mesh.points, mesh.eyelids)
         return self.last_sample
 
     def _drop_checks_off(self, track_id: int | None) -> None:
@@ -106,9 +110,6 @@ class LivenessMonitor:
                                   self.window_s, self.choose_direction)
             self.checks[person] = (track.id, check)
         return True
-
-    def pending(self, person: str) -> bool:
-        return person in self.checks
 
     def step(self, now: float) -> list[Outcome]:
         """Advance every open check by this frame; finished checks are closed."""

@@ -215,14 +215,14 @@ def test_landmark_glitches_are_no_evidence(head) -> None:
     broken = [Sample(s.t, s.box, s.name, s.points, s.openness, 2.5 if i == 11 else s.yaw, (glitch,) * 3)
               for i, s in enumerate(base)]
     assert flatness(broken, SETTINGS).verdict == "undecided"
-    assert yaw_followed(broken, "left", 0.5, SETTINGS) < SETTINGS.challenge_yaw
+    assert yaw_followed(broken, "left", 0.5) < SETTINGS.challenge_yaw
 
 
 def test_yaw_followed_measures_the_asked_direction(head) -> None:
     points, _ = head
     track = samples(points, [{"yaw": 0.0}] * 5 + [{"yaw": -4.0 * i} for i in range(1, 8)])  # to her left
-    assert yaw_followed(track, "left", 0.45, SETTINGS) > SETTINGS.challenge_yaw
-    assert yaw_followed(track, "right", 0.45, SETTINGS) <= 0.0
+    assert yaw_followed(track, "left", 0.45) > SETTINGS.challenge_yaw
+    assert yaw_followed(track, "right", 0.45) <= 0.0
 
 
 # --- the check ---------------------------------------------------------------------------------------------

@@ -23,12 +23,11 @@ from test_relay import PinRecorder
 from edge.access_log import AccessLog
 from edge.config import Config
 from edge.daemon import Daemon, default_recognizer
-from edge.decision import DecisionEngine
 from edge.gallery import Gallery
 from edge.images import load_image
 from edge.recognizer import Recognizer
 from tools import pad_attacks
-from tools.pad_eval import TO_PRESENTATION_PROMPT, enroll, new_monitor, replay_attack, run_presentation
+from tools.pad_eval import TO_PRESENTATION_PROMPT, enroll, new_engine, new_monitor, replay_attack, run_presentation
 
 
 class PresentationSource:
@@ -191,7 +190,7 @@ def test_known_gap_a_replayed_video_passes(tmp_path: Path, pipeline: Recognizer,
         try:
             assert enroll(pipeline, gallery, "subject", replay.frame(0))
             attempt = run_presentation(replay, "subject", pipeline, new_monitor(landmarker, "passive", seed),
-                                       DecisionEngine(k=2, n=3, window_s=2.0, cooldown_s=3600.0))
+                                       new_engine())
         finally:
             gallery.close()
             pipeline.gallery = None

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from edge.decision import DecisionEngine
 from edge.gallery import Gallery
 from edge.images import load_image
 from edge.recognizer import Recognizer
 from tools import pad_attacks
-from tools.pad_eval import Attempt, enroll, markdown, new_monitor, run_presentation, summarize
+from tools.pad_eval import Attempt, enroll, markdown, new_engine, new_monitor, run_presentation, summarize
 
 
 def attempt(species: str, attack: bool, accepted: bool, identity: bool = True, decision_s: float | None = 1.0,
@@ -62,7 +61,7 @@ def test_a_presentation_gives_the_same_verdict_every_time(shared_faces: Path, fa
         attack = pad_attacks.make_attack("print_turned", printed, seed=5, duration_s=4.0,
                                          face_box=recognizer.detector.detect(printed)[0].box)
         result = run_presentation(attack, "Barack_Obama", recognizer, new_monitor(landmarker, "passive", 5),
-                                  DecisionEngine(k=2, n=3, window_s=2.0, cooldown_s=3600.0))
+                                  new_engine())
         gallery.close()
         runs.append(result)
     # Timing aside, bit for bit the same (JSON so that a NaN in the evidence compares equal to itself).

@@ -36,7 +36,6 @@ SPECIES: tuple[str, ...] = (
     "print_still", "print_turned", "print_tilted", "print_shaken", "print_approaching", "print_bent",
     "print_flicked", "print_on_cue", "phone_replay",
 )
-FLAT_SPECIES = tuple(s for s in SPECIES if s not in ("print_bent",))
 REACTIVE_SPECIES = ("print_on_cue",)
 REPLAY_VIDEO = "ageitgey__short_hamilton_clip.mp4"
 CUT_THRESHOLD = 18.0  # mean abs difference (grey levels) of 64x36 thumbnails between frames; a cut is > 25
@@ -294,13 +293,6 @@ class _Surface(Presentation):
             raise ValueError(f"{self.species} is not flat at frame {index}: no single homography")
         h = self.effects.shear(self._motion(index, prompt, prompt_index)) @ self._plane_homography(pose)
         return h / h[2, 2]
-
-    def texture_to_frame(self, index: int, points: np.ndarray, prompt: str | None = None,
-                         prompt_index: int | None = None) -> np.ndarray:
-        """Where texture points (N, 2) land in `frame(index)` (exact, also for bent sheets)."""
-        pose = self.pose(index, prompt, prompt_index)
-        image = self._project(self._sheet_points(np.asarray(points, np.float64), pose))
-        return cv2.perspectiveTransform(image[None], self.effects.shear(self._motion(index, prompt, prompt_index)))[0]
 
     # ---- appearance
     def _texture_at(self, index: int, pose: Pose) -> np.ndarray:

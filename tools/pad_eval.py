@@ -25,21 +25,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import random
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.config import DecisionConfig, LivenessConfig
 from edge.decision import DecisionEngine, Observation
 from edge.gallery import Gallery
-from edge.liveness import LivenessSettings
-from edge.liveness_monitor import LivenessMonitor
+from edge.liveness_monitor import LivenessMonitor, random_direction
 from edge.recognizer import Recognizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,14 +111,18 @@ def run_presentation(presentation: Any, person: str, recognizer: Recognizer, mon
                    dict(verdict.detail) if verdict is not None else {})
 
 
-def new_monitor(landmarker: Any, mode: str, seed: int, settings: LivenessSettings | None = None,
-                passive_s: float = 2.0, challenge_s: float = 4.0) -> LivenessMonitor:
-    """The daemon's liveness monitor (config defaults) with challenge directions drawn from `seed`."""
-    import random
+def new_engine() -> DecisionEngine:
+    """The daemon's identity votes (default `decision.*`), with a cooldown longer than any presentation."""
+    return DecisionEngine.from_config(replace(DecisionConfig(), cooldown_s=3600.0))
 
-    rng = random.Random(seed)
-    return LivenessMonitor(landmarker, mode, settings, passive_s=passive_s, challenge_s=challenge_s,  # type: ignore[arg-type]
-                           choose_direction=lambda: rng.choice(("left", "right")))
+
+def new_monitor(landmarker: Any, mode: str, seed: int, passive_s: float | None = None) -> LivenessMonitor:
+    """The daemon's liveness monitor, built from the default `liveness.*` config as the daemon builds it,
+    with challenge directions drawn from `seed`."""
+    config = replace(LivenessConfig(), mode=mode)
+    if passive_s is not None:
+        config = replace(config, passive_s=passive_s)
+    return LivenessMonitor.from_config(config, landmarker, random_direction(random.Random(seed)))
 
 
 def replay_attack(recognizer: Recognizer, videos: Path, seed: int, duration_s: float = 6.0) -> Any:
@@ -150,8 +155,7 @@ def attack_photos(people: Path, count: int) -> list[tuple[str, Path, Path]]:
 def evaluate(mode: str = "challenge", seed: int = 0, attempts: int = 4, species: Sequence[str] | None = None,
              people: Path = SHARED / "people", videos: Path = SHARED / "videos", model: Path | None = None,
              mtcnn_dir: Path | None = None, landmarks_dir: Path | None = None,
-             settings: LivenessSettings | None = None, bona_fide_limit: int | None = None,
-             duration_s: float = 9.0, iris: bool = False, passive_s: float = 2.0, include_bona_fide: bool = True,
+             duration_s: float = 9.0, iris: bool = False, passive_s: float | None = None,
              progress: bool = False) -> list[Attempt]:
     """Every species `attempts` times (different people and seeds) plus every bona fide presentation."""
     from edge.images import load_image
@@ -169,10 +173,10 @@ def evaluate(mode: str = "challenge", seed: int = 0, attempts: int = 4, species:
         jobs: list[tuple[Any, str, np.ndarray]] = []
         for kind in chosen:
             for n in range(attempts):
-                if kind == "phone_replay":  # the video's subject, enrolled from a frame of the original video
+                if kind == "phone_replay":
                     replay = replay_attack(recognizer, videos, seed * 1000 + n, duration_s)
-                    # Enrolled from the replay's own first frame: a screen in front of a camera costs
-                    # FaceNet 0.1-0.2 of distance, and this bench asks about liveness, not identity.
+                    # The video's subject, enrolled from the replay's own first frame: a screen in front of a
+                    # camera costs FaceNet 0.1-0.2 of distance, and this bench asks about liveness, not identity.
                     jobs.append((replay, "subject", replay.frame(0)))
                     continue
                 person, enroll_photo, print_photo = subjects[n % len(subjects)]
@@ -182,15 +186,15 @@ def evaluate(mode: str = "challenge", seed: int = 0, attempts: int = 4, species:
                                                  face_box=faces[0].box if faces else None)
                 jobs.append((attack, person, load_image(enroll_photo)))
         bona = pad_attacks.bona_fide_presentations(videos, seed, recognizer.detector, duration_s=duration_s)
-        for presentation in bona[:bona_fide_limit] if include_bona_fide else []:
+        for presentation in bona:
             jobs.append((presentation, "subject", presentation.frame(0)))
         for number, (presentation, person, enroll_image) in enumerate(jobs):
             gallery = Gallery(Path(tmp) / f"g{number}.db", recognizer.embedder.model_id)
             recognizer.gallery = gallery
             if not enroll(recognizer, gallery, person, enroll_image):
                 raise SystemExit(f"pad_eval: no face in the enrollment image of {presentation.source}")
-            engine = DecisionEngine(k=2, n=3, window_s=2.0, cooldown_s=3600.0)
-            monitor = new_monitor(landmarker, mode, seed * 7919 + number, settings, passive_s=passive_s)
+            engine = new_engine()
+            monitor = new_monitor(landmarker, mode, seed * 7919 + number, passive_s=passive_s)
             attempt = run_presentation(presentation, person, recognizer, monitor, engine)
             gallery.close()
             results.append(attempt)
@@ -258,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--videos", type=Path, default=SHARED / "videos")
     parser.add_argument("--duration", type=float, default=9.0, help="seconds per presentation (at 15 fps)")
     parser.add_argument("--iris", action="store_true", help="refine eyelids with the iris model (liveness.iris)")
-    parser.add_argument("--passive-s", type=float, default=2.0,
-                        help="liveness.passive_s: wait for passive evidence this long before the challenge")
+    parser.add_argument("--passive-s", type=float, default=None,
+                        help="liveness.passive_s: wait for passive evidence this long before the challenge "
+                             "(default: the config's default)")
     parser.add_argument("--json", action="store_true", help="print every attempt and the summary as JSON")
     args = parser.parse_args(argv)
     for folder in (args.people, args.videos):
