@@ -1,4 +1,4 @@
-"""Shared fixtures: real face photos and built models.
+"""Shared fixtures: real face photos, built models, and the daemon's test broker, mock pins and gallery.
 
 Face photos come from `../shared/faces` when present, and from the face_recognition 1.3.0
 source distribution on PyPI otherwise (downloaded once, cached outside the repository).
@@ -6,13 +6,21 @@ source distribution on PyPI otherwise (downloaded once, cached outside the repos
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from daemon_support import make_config
+from gpiozero.pins.mock import MockFactory
+from mosquitto import Broker, broker  # noqa: F401  (the broker fixture, for every test module)
+
+from edge.config import Config
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_FACES = REPO.parent / "shared" / "faces"
@@ -102,3 +110,48 @@ def landmarker(landmarks_dir: Path):
     from edge.landmarks import FaceLandmarker
 
     return FaceLandmarker(landmarks_dir)
+
+
+# --- the daemon --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pins() -> Iterator[MockFactory]:
+    factory = MockFactory()
+    yield factory
+    factory.reset()
+
+
+@pytest.fixture(scope="session")
+def enrolled_gallery(facenet_model: Path, mtcnn_dir: Path, fr_images: dict[str, Path],
+                     tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A gallery with obama.jpg enrolled as 'obama' by the real pipeline."""
+    from edge import gallery as gallery_module
+    from edge import recognizer as recognizer_module
+    from edge.images import load_image
+
+    Gallery, Recognizer = gallery_module.Gallery, recognizer_module.Recognizer
+
+    path = tmp_path_factory.mktemp("gallery") / "gallery.db"
+    recognizer = Recognizer.from_paths(facenet_model, None, mtcnn_dir=mtcnn_dir, min_face_size=20)
+    image = load_image(fr_images["obama"])
+    faces = recognizer.detector.detect(image)
+    assert faces, "no face found in obama.jpg"  # largest first: the enrolled face
+    template = recognizer.enrollment_embedding(image, faces[0])  # as tools/enroll.py stores it
+    gallery = Gallery(path, recognizer.embedder.model_id)
+    digest = hashlib.sha256(fr_images["obama"].read_bytes()).hexdigest()
+    gallery.add("obama", template[None, :], [digest], [str(fr_images["obama"])])
+    gallery.close()
+    return path
+
+
+@pytest.fixture
+def real_config(tmp_path: Path, broker: Broker, facenet_model: Path, mtcnn_dir: Path,  # noqa: F811
+                enrolled_gallery: Path) -> Callable[..., Config]:
+    def build(frames: Path, **sections: dict[str, Any]) -> Config:
+        sections.setdefault("model", {}).update({"path": str(facenet_model), "mtcnn_dir": str(mtcnn_dir),
+                                                 "min_face_size": 20, "threads": 1})
+        sections.setdefault("gallery", {}).update({"path": str(enrolled_gallery)})
+        return make_config(tmp_path, broker, frames, **sections)
+
+    return build

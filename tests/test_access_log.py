@@ -11,20 +11,9 @@ import time
 from pathlib import Path
 
 import paho.mqtt.publish as mqtt_publish
+from daemon_support import DEVICE, SECRET, BlankScene, Running, blank_frames, make_config, scene
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, Subscriber, broker  # noqa: F401  (fixture)
-from test_daemon import (  # noqa: F401  (fixtures)
-    DEVICE,
-    SECRET,
-    BlankScene,
-    Running,
-    blank_frames,
-    enrolled_gallery,
-    make_config,
-    pins,
-    real_config,
-    scene,
-)
+from mosquitto import Broker, Subscriber
 
 from edge.access_log import AccessLog
 from edge.commands import sign_command
@@ -114,8 +103,8 @@ def test_retention_by_rows_and_by_age(tmp_path: Path) -> None:
     by_age.close()
 
 
-def test_daemon_logs_recognized_and_unknown(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
-                                            fr_images: dict[str, Path], real_config) -> None:  # noqa: F811
+def test_daemon_logs_recognized_and_unknown(tmp_path: Path, broker: Broker, pins: MockFactory,
+                                            fr_images: dict[str, Path], real_config) -> None:
     frames = scene(tmp_path / "frames", [fr_images["obama2"], fr_images["biden"]])
     config = real_config(frames, camera={"image_hold_s": 3.0})
     daemon = Daemon(config, default_recognizer, pin_factory=pins)
@@ -135,7 +124,7 @@ def test_daemon_logs_recognized_and_unknown(tmp_path: Path, broker: Broker, pins
     assert {r["event_id"] for r in csv.DictReader(out.open(newline=""))} == ids
 
 
-def test_daemon_logs_commands_and_reloads(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:  # noqa: F811
+def test_daemon_logs_commands_and_reloads(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:
     frames = blank_frames(tmp_path / "frames")
     db = tmp_path / "log" / "door-access.db"
     config = make_config(tmp_path, broker, frames, camera={"loop": True},

@@ -7,16 +7,13 @@ signals show blank frames, where the recognizer has nothing to find.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,147 +22,25 @@ import numpy as np
 import paho.mqtt.publish as mqtt_publish
 import pytest
 import yaml
+from daemon_support import DEVICE, SECRET, BlankScene, Running, blank_frames, make_config, scene
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, Subscriber, broker  # noqa: F401  (fixture)
+from mosquitto import Broker, Subscriber
 from test_relay import PinRecorder
 
 from edge import daemon as daemon_module
 from edge.commands import sign_command
-from edge.config import Config, config_from_dict
+from edge.config import Config
 from edge.daemon import Daemon, default_recognizer
 from edge.events import Topics
 
 REPO = Path(__file__).resolve().parent.parent
-SECRET = "test-secret-0123456789"
-DEVICE = "door-t"
 EVENT_KEYS = {"id", "type", "time", "device", "camera", "person", "distance", "votes", "box", "model_id"}
-
-
-# --- helpers -------------------------------------------------------------------------------------------------
-
-
-def blank_frames(folder: Path, count: int = 2) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        image = np.full((240, 320, 3), 90, np.uint8)
-        cv2.imwrite(str(folder / f"{i:02d}_blank.png"), image)
-    return folder
-
-
-def scene(folder: Path, photos: list[Path]) -> Path:
-    """A frame folder: a blank image first (empty hallway), then links to the given photos."""
-    blank_frames(folder, 1)
-    for i, photo in enumerate(photos, start=1):
-        (folder / f"{i:02d}_{photo.name}").symlink_to(photo)
-    return folder
-
-
-def make_config(tmp_path: Path, server: Broker, frames: Path, **sections: dict[str, Any]) -> Config:
-    data: dict[str, Any] = {
-        "device_id": DEVICE,
-        "camera": {"source": str(frames), "fps": 10.0, "image_hold_s": 1.0, "retry_s": 0.3, "retry_max_s": 1.0,
-                   "width": 640, "height": 480},
-        "mqtt": {"host": server.host, "port": server.port, "topic_prefix": "test", "reconnect_min_s": 1.0,
-                 "reconnect_max_s": 1.0},
-        "queue": {"path": str(tmp_path / "events.db")},
-        "gallery": {"path": str(tmp_path / "gallery.db")},
-        "relay": {"pin": 17, "unlock_s": 0.5, "mock": "always"},
-        "health": {"interval_s": 3600.0},
-        "commands": {"nonce_path": str(tmp_path / "nonces.json")},
-        # These tests are about identity, MQTT and the relay; tests/test_liveness_daemon.py turns liveness on.
-        "liveness": {"mode": "off"},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return config_from_dict(data)
-
-
-class BlankScene:
-    """For tests about the camera, commands and signals: counts the frames it is asked to analyse."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def recognize(self, image: np.ndarray) -> list[Any]:
-        self.calls += 1
-        return []
-
-
-class Running:
-    """A daemon running in a background thread."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self.status: int | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.status = self.daemon.run()
-
-    def stop(self) -> None:
-        self.daemon.request_stop("test")
-        self.thread.join(timeout=20)
-        assert not self.thread.is_alive(), "daemon did not stop"
-
-    def wait(self, predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return False
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in list(self.daemon.recent_events) if e["type"] == kind]
-
-
-@pytest.fixture
-def pins() -> Iterator[MockFactory]:
-    factory = MockFactory()
-    yield factory
-    factory.reset()
-
-
-@pytest.fixture(scope="session")
-def enrolled_gallery(facenet_model: Path, mtcnn_dir: Path, fr_images: dict[str, Path],
-                     tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A gallery with obama.jpg enrolled as 'obama' by the real pipeline."""
-    from edge import gallery as gallery_module
-    from edge import recognizer as recognizer_module
-    from edge.images import load_image
-
-    Gallery, Recognizer = gallery_module.Gallery, recognizer_module.Recognizer
-
-    path = tmp_path_factory.mktemp("gallery") / "gallery.db"
-    recognizer = Recognizer.from_paths(facenet_model, None, mtcnn_dir=mtcnn_dir, min_face_size=20)
-    image = load_image(fr_images["obama"])
-    faces = recognizer.detector.detect(image)
-    assert faces, "no face found in obama.jpg"  # largest first: the enrolled face
-    template = recognizer.enrollment_embedding(image, faces[0])  # as tools/enroll.py stores it
-    gallery = Gallery(path, recognizer.embedder.model_id)
-    digest = hashlib.sha256(fr_images["obama"].read_bytes()).hexdigest()
-    gallery.add("obama", template[None, :], [digest], [str(fr_images["obama"])])
-    gallery.close()
-    return path
-
-
-@pytest.fixture
-def real_config(tmp_path: Path, broker: Broker, facenet_model: Path, mtcnn_dir: Path,  # noqa: F811
-                enrolled_gallery: Path) -> Callable[..., Config]:
-    def build(frames: Path, **sections: dict[str, Any]) -> Config:
-        sections.setdefault("model", {}).update({"path": str(facenet_model), "mtcnn_dir": str(mtcnn_dir),
-                                                 "min_face_size": 20, "threads": 1})
-        sections.setdefault("gallery", {}).update({"path": str(enrolled_gallery)})
-        return make_config(tmp_path, broker, frames, **sections)
-
-    return build
 
 
 # --- faces: the real pipeline --------------------------------------------------------------------------------
 
 
-def test_enrolled_person_gives_one_event_and_one_pulse(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+def test_enrolled_person_gives_one_event_and_one_pulse(tmp_path: Path, broker: Broker, pins: MockFactory,
                                                        fr_images: dict[str, Path], real_config) -> None:
     frames = scene(tmp_path / "frames", [fr_images["obama2"]])
     config = real_config(frames, camera={"image_hold_s": 4.0})
@@ -195,7 +70,7 @@ def test_enrolled_person_gives_one_event_and_one_pulse(tmp_path: Path, broker: B
     sub.close()
 
 
-def test_start_names_people_enrolled_with_another_model(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+def test_start_names_people_enrolled_with_another_model(tmp_path: Path, broker: Broker, pins: MockFactory,
                                                         fr_images: dict[str, Path], facenet_model: Path,
                                                         mtcnn_dir: Path, enrolled_gallery: Path) -> None:
     from edge.gallery import Gallery
@@ -225,7 +100,7 @@ def test_start_names_people_enrolled_with_another_model(tmp_path: Path, broker: 
     sub.close()
 
 
-def test_stranger_gives_unknown_and_never_energizes(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+def test_stranger_gives_unknown_and_never_energizes(tmp_path: Path, broker: Broker, pins: MockFactory,
                                                     fr_images: dict[str, Path], real_config) -> None:
     frames = scene(tmp_path / "frames", [fr_images["biden"]])
     config = real_config(frames, camera={"image_hold_s": 4.0})
@@ -246,7 +121,7 @@ def test_stranger_gives_unknown_and_never_energizes(tmp_path: Path, broker: Brok
     sub.close()
 
 
-def test_broker_outage_while_people_pass(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+def test_broker_outage_while_people_pass(tmp_path: Path, broker: Broker, pins: MockFactory,
                                          fr_images: dict[str, Path], real_config) -> None:
     frames = scene(tmp_path / "frames", [fr_images["obama2"], fr_images["biden"], fr_images["obama3"]])
     config = real_config(frames, camera={"image_hold_s": 2.5, "loop": True},
@@ -273,7 +148,7 @@ def test_broker_outage_while_people_pass(tmp_path: Path, broker: Broker, pins: M
     sub.close()
 
 
-def test_sigterm_during_unlock_locks_before_exit(tmp_path: Path, broker: Broker, real_config) -> None:  # noqa: F811
+def test_sigterm_during_unlock_locks_before_exit(tmp_path: Path, broker: Broker, real_config) -> None:
     frames = blank_frames(tmp_path / "frames")
     config = real_config(frames, relay={"unlock_s": 30.0}, commands={"enabled": True, "secret": SECRET},
                          camera={"loop": True})
@@ -310,7 +185,7 @@ def _as_dict(config: Config) -> dict[str, Any]:
 # --- camera, commands, systemd: blank frames -----------------------------------------------------------------
 
 
-def test_camera_failure_reports_retries_and_recovers(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:  # noqa: F811
+def test_camera_failure_reports_retries_and_recovers(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:
     frames = blank_frames(tmp_path / "frames")
     config = make_config(tmp_path, broker, frames, camera={"loop": True})
     sub = Subscriber(broker, "test/#")
@@ -337,7 +212,7 @@ def test_camera_failure_reports_retries_and_recovers(tmp_path: Path, broker: Bro
     sub.close()
 
 
-def test_commands_only_a_valid_signed_unlock_opens_once(tmp_path: Path, broker: Broker,  # noqa: F811
+def test_commands_only_a_valid_signed_unlock_opens_once(tmp_path: Path, broker: Broker,
                                                         pins: MockFactory) -> None:
     frames = blank_frames(tmp_path / "frames")
     config = make_config(tmp_path, broker, frames, camera={"loop": True},
@@ -378,7 +253,7 @@ def test_commands_only_a_valid_signed_unlock_opens_once(tmp_path: Path, broker: 
     sub.close()
 
 
-def test_notifies_systemd_ready_and_watchdog(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
+def test_notifies_systemd_ready_and_watchdog(tmp_path: Path, broker: Broker, pins: MockFactory,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     sock_path = tmp_path / "notify.sock"
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -466,7 +341,7 @@ def test_folder_source_scales_photos_to_the_camera_size(tmp_path: Path) -> None:
     assert source.read().shape == (480, 240, 3)
 
 
-def test_sighup_reloads_config_and_refuses_a_bad_one(tmp_path: Path, broker: Broker,  # noqa: F811
+def test_sighup_reloads_config_and_refuses_a_bad_one(tmp_path: Path, broker: Broker,
                                                     pins: MockFactory) -> None:
     frames = blank_frames(tmp_path / "frames")
     config = make_config(tmp_path, broker, frames, camera={"loop": True}, health={"interval_s": 0.5},

@@ -15,9 +15,9 @@ from typing import Any
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
+from daemon_support import DEVICE, BlankScene, Running, blank_frames, make_config
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, Subscriber, broker  # noqa: F401  (fixture)
-from test_daemon import DEVICE, BlankScene, Running, blank_frames, make_config, pins  # noqa: F401
+from mosquitto import Broker, Subscriber
 from test_relay import PinRecorder
 
 from edge.config import Config, config_from_dict
@@ -192,7 +192,7 @@ def _discovery(sub: Subscriber) -> dict[str, tuple[dict[str, Any], bool]]:
         return {t: (json.loads(p), r) for _, t, p, r in sub.messages if t.startswith("homeassistant/")}
 
 
-def test_daemon_publishes_retained_discovery(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:  # noqa: F811
+def test_daemon_publishes_retained_discovery(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:
     cfg = make_config(tmp_path, broker, blank_frames(tmp_path / "frames"), camera={"loop": True})
     daemon = Daemon(cfg, lambda c: BlankScene(), pin_factory=pins)
     running = Running(daemon)
@@ -213,7 +213,7 @@ def test_daemon_publishes_retained_discovery(tmp_path: Path, broker: Broker, pin
     sub.close()
 
 
-def test_discovery_off_publishes_nothing(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:  # noqa: F811
+def test_discovery_off_publishes_nothing(tmp_path: Path, broker: Broker, pins: MockFactory) -> None:
     cfg = make_config(tmp_path, broker, blank_frames(tmp_path / "frames"), camera={"loop": True},
                       homeassistant={"enabled": False})
     sub = Subscriber(broker, "#", client_id="ha-off")
@@ -230,7 +230,7 @@ def test_discovery_off_publishes_nothing(tmp_path: Path, broker: Broker, pins: M
 
 
 def test_ha_unlock_topic_pulses_once_and_ignores_malformed(
-        tmp_path: Path, broker: Broker, pins: MockFactory) -> None:  # noqa: F811
+        tmp_path: Path, broker: Broker, pins: MockFactory) -> None:
     cfg = make_config(tmp_path, broker, blank_frames(tmp_path / "frames"), camera={"loop": True},
                       relay={"unlock_s": 0.4}, homeassistant={"unlock_command": True})
     topic = ha_command_topic(Topics("test", DEVICE))
@@ -262,7 +262,7 @@ def test_ha_unlock_topic_pulses_once_and_ignores_malformed(
 
 
 def test_ha_unlock_topic_is_ignored_unless_configured(
-        tmp_path: Path, broker: Broker, pins: MockFactory) -> None:  # noqa: F811
+        tmp_path: Path, broker: Broker, pins: MockFactory) -> None:
     cfg = make_config(tmp_path, broker, blank_frames(tmp_path / "frames"), camera={"loop": True},
                       relay={"unlock_s": 0.4})
     daemon = Daemon(cfg, lambda c: BlankScene(), pin_factory=pins)

@@ -18,18 +18,9 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from daemon_support import BlankScene, Running, blank_frames, make_config, scene
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, broker, free_port  # noqa: F401  (fixture)
-from test_daemon import (  # noqa: F401  (fixtures)
-    BlankScene,
-    Running,
-    blank_frames,
-    enrolled_gallery,
-    make_config,
-    pins,
-    real_config,
-    scene,
-)
+from mosquitto import Broker, free_port
 
 from edge.config import config_from_dict
 from edge.daemon import Daemon, default_recognizer
@@ -68,8 +59,8 @@ def read_first_part(port: int) -> tuple[str, bytes]:
 
 
 @pytest.fixture
-def live_daemon(tmp_path: Path, broker: Broker, pins: MockFactory, fr_images: dict[str, Path],  # noqa: F811
-                real_config) -> Iterator[tuple[Daemon, Running, int]]:  # noqa: F811
+def live_daemon(tmp_path: Path, broker: Broker, pins: MockFactory, fr_images: dict[str, Path],
+                real_config) -> Iterator[tuple[Daemon, Running, int]]:
     """A daemon watching obama2 (enrolled person) in a loop, live view on a free port, until it recognized him."""
     frames = scene(tmp_path / "frames", [fr_images["obama2"]])
     port = free_port()
@@ -165,8 +156,8 @@ def test_live_view_in_headless_chromium(live_daemon: tuple[Daemon, Running, int]
     assert 'id="stream"' in html
 
 
-def test_live_view_is_off_by_default_and_needs_a_token(tmp_path: Path, broker: Broker,  # noqa: F811
-                                                       pins: MockFactory) -> None:  # noqa: F811
+def test_live_view_is_off_by_default_and_needs_a_token(tmp_path: Path, broker: Broker,
+                                                       pins: MockFactory) -> None:
     frames = blank_frames(tmp_path / "frames")
     default = Daemon(make_config(tmp_path, broker, frames, relay={"enabled": False}), lambda c: BlankScene(),
                      pin_factory=pins)

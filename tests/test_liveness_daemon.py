@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from daemon_support import DEVICE, Running, make_config
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, Subscriber, broker  # noqa: F401  (fixture)
-from test_daemon import DEVICE, Running, make_config, pins  # noqa: F401  (fixtures)
+from mosquitto import Broker, Subscriber
 from test_relay import PinRecorder
 
 from edge.access_log import AccessLog
@@ -75,7 +75,7 @@ def _gallery_with(tmp_path: Path, recognizer: Recognizer, person: str, image: np
     return path
 
 
-def _config(tmp_path: Path, broker: Broker, facenet_model: Path, mtcnn_dir: Path, landmarks_dir: Path,  # noqa: F811
+def _config(tmp_path: Path, broker: Broker, facenet_model: Path, mtcnn_dir: Path, landmarks_dir: Path,
             gallery: Path, **liveness: Any) -> Config:
     return make_config(tmp_path, broker, tmp_path, model={"path": str(facenet_model), "mtcnn_dir": str(mtcnn_dir),
                                                           "min_face_size": 40, "threads": 1},
@@ -85,7 +85,7 @@ def _config(tmp_path: Path, broker: Broker, facenet_model: Path, mtcnn_dir: Path
                        decision={"cooldown_s": 60.0})
 
 
-def _run(config: Config, presentation: Any, broker: Broker, pins: MockFactory) -> dict[str, Any]:  # noqa: F811
+def _run(config: Config, presentation: Any, broker: Broker, pins: MockFactory) -> dict[str, Any]:
     topics = f"test/{DEVICE}/event/#"
     events = Subscriber(broker, topics, client_id="liveness-events")
     prompts = Subscriber(broker, f"test/{DEVICE}/event/prompt", client_id="liveness-subject")
@@ -118,8 +118,8 @@ def pipeline(facenet_model: Path, mtcnn_dir: Path) -> Recognizer:
 
 
 @pytest.mark.parametrize("species", ["print_turned", "print_still"])
-def test_print_attack_is_refused_without_a_pulse(species: str, tmp_path: Path, broker: Broker,  # noqa: F811
-                                                pins: MockFactory, pipeline: Recognizer,  # noqa: F811
+def test_print_attack_is_refused_without_a_pulse(species: str, tmp_path: Path, broker: Broker,
+                                                pins: MockFactory, pipeline: Recognizer,
                                                 shared_faces: Path, facenet_model: Path, mtcnn_dir: Path,
                                                 landmarks_dir: Path) -> None:
     person, enroll_photo, print_photo = next(
@@ -148,8 +148,8 @@ def test_print_attack_is_refused_without_a_pulse(species: str, tmp_path: Path, b
     assert all(e["type"] != "recognized" for e in result["recent"])
 
 
-def test_real_person_following_the_challenge_is_let_in(tmp_path: Path, broker: Broker,  # noqa: F811
-                                                       pins: MockFactory,  # noqa: F811
+def test_real_person_following_the_challenge_is_let_in(tmp_path: Path, broker: Broker,
+                                                       pins: MockFactory,
                                                        pipeline: Recognizer, shared_faces: Path,
                                                        facenet_model: Path, mtcnn_dir: Path,
                                                        landmarks_dir: Path) -> None:

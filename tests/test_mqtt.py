@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mosquitto import Broker, Subscriber, broker  # noqa: F401  (fixture)
+from mosquitto import Broker, Subscriber
 
 from edge.config import MqttConfig
 from edge.event_queue import EventQueue
@@ -57,7 +57,7 @@ def test_corrupt_queue_file_is_a_clear_error(tmp_path: Path) -> None:
         EventQueue(bad, 10)
 
 
-def test_events_arrive_in_order_with_availability(broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+def test_events_arrive_in_order_with_availability(broker: Broker, tmp_path: Path) -> None:
     sub = Subscriber(broker, "test/#")
     link = make_link(broker, tmp_path)
     link.start()
@@ -73,7 +73,7 @@ def test_events_arrive_in_order_with_availability(broker: Broker, tmp_path: Path
     sub.close()
 
 
-def test_broker_outage_loses_nothing_and_keeps_order(broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+def test_broker_outage_loses_nothing_and_keeps_order(broker: Broker, tmp_path: Path) -> None:
     sub = Subscriber(broker, "test/#", client_id="persistent-sub")
     link = make_link(broker, tmp_path)
     link.start()
@@ -103,7 +103,7 @@ def test_broker_outage_loses_nothing_and_keeps_order(broker: Broker, tmp_path: P
     sub.close()
 
 
-def test_overflow_drops_oldest_and_counts(broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+def test_overflow_drops_oldest_and_counts(broker: Broker, tmp_path: Path) -> None:
     broker.stop()
     link = make_link(broker, tmp_path, max_events=5)
     link.start()
@@ -122,7 +122,7 @@ def test_overflow_drops_oldest_and_counts(broker: Broker, tmp_path: Path) -> Non
     sub.close()
 
 
-def test_last_will_announces_offline_when_connection_dies(broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+def test_last_will_announces_offline_when_connection_dies(broker: Broker, tmp_path: Path) -> None:
     sub = Subscriber(broker, "test/+/availability")
     link = make_link(broker, tmp_path)
     link.start()
@@ -135,7 +135,7 @@ def test_last_will_announces_offline_when_connection_dies(broker: Broker, tmp_pa
     sub.close()
 
 
-def test_commands_reach_the_handler(broker: Broker, tmp_path: Path) -> None:  # noqa: F811
+def test_commands_reach_the_handler(broker: Broker, tmp_path: Path) -> None:
     got: list[bytes] = []
     done = threading.Event()
     link = make_link(broker, tmp_path, on_command=lambda raw: (got.append(raw), done.set()))

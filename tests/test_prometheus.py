@@ -9,18 +9,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from daemon_support import BlankScene, Running, blank_frames, make_config, scene
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, broker, free_port  # noqa: F401  (fixture)
-from test_daemon import (  # noqa: F401  (fixtures)
-    BlankScene,
-    Running,
-    blank_frames,
-    enrolled_gallery,
-    make_config,
-    pins,
-    real_config,
-    scene,
-)
+from mosquitto import Broker, free_port
 
 from edge.daemon import Daemon, default_recognizer
 from edge.errors import ConfigError
@@ -49,8 +40,8 @@ def scrape(port: int) -> tuple[dict[str, float], dict[str, str]]:
     return samples, types
 
 
-def test_metrics_move_with_a_recognized_visitor(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
-                                                fr_images: dict[str, Path], real_config) -> None:  # noqa: F811
+def test_metrics_move_with_a_recognized_visitor(tmp_path: Path, broker: Broker, pins: MockFactory,
+                                                fr_images: dict[str, Path], real_config) -> None:
     frames = scene(tmp_path / "frames", [fr_images["obama2"]])
     port = free_port()
     config = real_config(frames, camera={"image_hold_s": 3.0}, metrics={"enabled": True, "port": port})
@@ -84,8 +75,8 @@ def test_metrics_move_with_a_recognized_visitor(tmp_path: Path, broker: Broker, 
     assert after["edge_face_queue_depth"] >= 0 and after["edge_face_unlocks_total"] == 1
 
 
-def test_metrics_are_off_by_default_and_404_elsewhere(tmp_path: Path, broker: Broker,  # noqa: F811
-                                                      pins: MockFactory) -> None:  # noqa: F811
+def test_metrics_are_off_by_default_and_404_elsewhere(tmp_path: Path, broker: Broker,
+                                                      pins: MockFactory) -> None:
     frames = blank_frames(tmp_path / "frames")
     default = Daemon(make_config(tmp_path, broker, frames, relay={"enabled": False}), lambda c: BlankScene(),
                      pin_factory=pins)

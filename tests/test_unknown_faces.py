@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon_support import Running, scene
 from gpiozero.pins.mock import MockFactory
-from mosquitto import Broker, Subscriber, broker  # noqa: F401  (fixture)
-from test_daemon import Running, enrolled_gallery, pins, real_config, scene  # noqa: F401  (fixtures)
+from mosquitto import Broker, Subscriber
 
 from edge.access_log import AccessLog
 from edge.config import Config
@@ -29,7 +29,7 @@ from edge.unknown_faces import UnknownFaceStore, face_crop
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_stranger(tmp_path: Path, broker: Broker, pins: MockFactory, frames: Path, config) -> tuple[list[dict], Daemon]:  # noqa: F811
+def run_stranger(tmp_path: Path, broker: Broker, pins: MockFactory, frames: Path, config) -> tuple[list[dict], Daemon]:
     """Run the daemon over the scene until it ends; the unknown events it published."""
     sub = Subscriber(broker, "test/#")
     daemon = Daemon(config, default_recognizer, pin_factory=pins)
@@ -60,8 +60,8 @@ def enroll_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_stranger_crop_kept_named_by_event_then_enrolled_with_one_command(
-        tmp_path: Path, broker: Broker, pins: MockFactory, fr_images: dict[str, Path],  # noqa: F811
-        real_config, enrolled_gallery: Path, facenet_model: Path, mtcnn_dir: Path) -> None:  # noqa: F811
+        tmp_path: Path, broker: Broker, pins: MockFactory, fr_images: dict[str, Path],
+        real_config, enrolled_gallery: Path, facenet_model: Path, mtcnn_dir: Path) -> None:
     gallery = tmp_path / "gallery.db"
     shutil.copyfile(enrolled_gallery, gallery)  # the session's gallery stays as it is
     gallery.chmod(0o600)
@@ -116,8 +116,8 @@ def test_stranger_crop_kept_named_by_event_then_enrolled_with_one_command(
     sub.close()
 
 
-def test_off_by_default_keeps_nothing(tmp_path: Path, broker: Broker, pins: MockFactory,  # noqa: F811
-                                      fr_images: dict[str, Path], real_config) -> None:  # noqa: F811
+def test_off_by_default_keeps_nothing(tmp_path: Path, broker: Broker, pins: MockFactory,
+                                      fr_images: dict[str, Path], real_config) -> None:
     frames = scene(tmp_path / "frames", [fr_images["biden"]])
     config = real_config(frames, camera={"image_hold_s": 4.0})
     assert config.unknown_faces.enabled is False
