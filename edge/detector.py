@@ -11,8 +11,10 @@ conventions so the cascade below works in plain (row, column) image space.
 
 from __future__ import annotations
 
+import functools
 import json
 import numbers
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +37,13 @@ INPUT_CONVENTIONS = {
 # Borders (fractions of the longer side) tried in turn around a photo in which nothing was found
 # (see FaceDetector.detect); MTCNN's response to a tight crop depends on the exact framing.
 PAD_RETRY_FRACTIONS = (0.1, 0.25, 0.5)
-PYRAMID_SOURCE_RATIO = 6.0  # see FaceDetector._propose
-# Halvings of a uint8 frame computed as exact integer 2x2 sums in uint16 (see Halvings): after
-# four, a sum of 4^4 pixels (<= 65280) still fits, one more would not.
-EXACT_HALVINGS = 4
+# A uint8 frame's integral image is exact in int32 while 255 * pixels < 2^31, i.e. up to ~8.4
+# megapixels; larger photos build their pyramid with OpenCV's area resize alone.
+INT32_INTEGRAL_MAX_PIXELS = (2**31 - 1) // 255
+CACHED_LEVEL_PIXELS = 30_000  # pyramid levels up to this size keep their integral-image taps (<= 3.8 MB each)
+SCRATCH_MAX_BYTES = 32 << 20  # a 1920x1080 frame's integral image is 25 MB
+MID_GREY = 127.5  # raw value of 0 after normalization: what the nets see beyond the image border
+MAX_SIDE = 2**15 - 1  # OpenCV's remap, which cuts the R- and O-net patches, takes images below this
 PNET_CELL = 12  # P-net sees a 12x12 window ...
 PNET_STRIDE = 2  # ... every 2 pixels of the scaled image
 RNET_SIZE = 24
@@ -239,22 +244,32 @@ def iou_matrix(a: np.ndarray, b: np.ndarray, mode: str = "union") -> np.ndarray:
     return inter / np.maximum(denominator, 1e-12)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union", block: int = 512) -> np.ndarray:
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "union", block: int = 512,
+        groups: np.ndarray | None = None) -> np.ndarray:
     """Non-maximum suppression: indices of kept boxes, best score first.
 
     A box is dropped when any better-scoring box overlaps it by more than `threshold`, whether or
     not that box survives itself ("fast NMS"). This is slightly stricter than greedy NMS and is
     what mtcnn 1.0.0 does; with greedy NMS the proposals, and so the final boxes, drift from the
-    package's. Computed in column blocks so memory stays at len(boxes) x block.
+    package's. Computed in column blocks so memory stays at len(boxes) x block. With `groups`
+    (one label per box) only boxes of the same group suppress each other: one call does the
+    work of one call per group.
     """
+    if groups is not None and len(boxes) > block:  # many boxes: blocks of one group each cost less
+        members = [np.flatnonzero(groups == group) for group in np.unique(groups)]
+        kept = np.concatenate([index[nms(boxes[index], scores[index], threshold, mode, block)] for index in members])
+        return kept[np.argsort(-scores[kept], kind="stable")]
     order = np.argsort(-scores, kind="stable")
     ranked = boxes[order]
+    ranked_groups = None if groups is None else groups[order]
     keep = np.ones(len(ranked), dtype=bool)
     for start in range(0, len(ranked), block):
         stop = min(start + block, len(ranked))
         overlap = iou_matrix(ranked[:stop], ranked[start:stop], mode)
         # Only better-ranked boxes (row index < column index) may suppress.
         overlap[np.arange(stop)[:, None] >= np.arange(start, stop)[None, :]] = 0.0
+        if ranked_groups is not None:
+            overlap[ranked_groups[:stop, None] != ranked_groups[None, start:stop]] = 0.0
         keep[start:stop] = overlap.max(axis=0, initial=0.0) <= threshold
     return order[keep]
 
@@ -281,66 +296,148 @@ def square(boxes: np.ndarray) -> np.ndarray:
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 RGB -> float32 (x - 127.5) / 128, the input scale of all three nets."""
+    """uint8 (or raw float) RGB -> float32 (x - 127.5) / 128, the input scale of all three nets."""
     normalized = image.astype(np.float32)
-    normalized -= 127.5
+    normalized -= MID_GREY
     normalized *= 1.0 / 128.0
     return normalized
 
 
-def extract_patches(normalized: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-    """Sample each box of the normalized image on a size x size grid (bilinear; 0, i.e. mid-gray, beyond the border).
+class Scratch(threading.local):
+    """Per-thread memory the cascade reuses from frame to frame.
+
+    A frame's integral image, its normalized copy and the float region the patches are cut from
+    are megabytes each; allocated afresh every frame, the allocator hands them back to the
+    kernel and faults the pages in again, which measured ~4 ms a frame at min_face_size 40
+    (docs/detector.md). Each buffer grows to the largest frame seen, up to SCRATCH_MAX_BYTES;
+    larger photos get fresh memory that is freed with them.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[str, str], np.ndarray] = {}
+
+    def array(self, name: str, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+        """An uninitialized array of this shape, a view into the named buffer when it is small enough."""
+        count = int(np.prod(shape))
+        if count * np.dtype(dtype).itemsize > SCRATCH_MAX_BYTES:
+            return np.empty(shape, dtype)
+        key = (name, np.dtype(dtype).str)
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.size < count:
+            buffer = self._buffers[key] = np.empty(count, dtype)
+        return buffer[:count].reshape(shape)
+
+
+def extract_patches(image: np.ndarray, boxes: np.ndarray, size: int, scratch: Scratch | None = None) -> np.ndarray:
+    """Normalized size x size patches of each box, sampled bilinearly from the uint8 image (0, i.e.
+    mid-grey, for neighbours beyond the border).
 
     The grid runs from corner to corner of the box scaled by (image size - 1) / (image size),
     which is how mtcnn 1.0.0 cuts its patches (tf.image.crop_and_resize on box / image size);
-    matching it keeps our boxes on the package's. One affine warp per box, no intermediate copy.
+    matching it keeps our boxes on the package's. All patches come from one remap of the part of
+    the frame they cover, converted to float first so the samples are not rounded to integers.
     """
-    height, width = normalized.shape[:2]
-    patches = np.empty((len(boxes), size, size, 3), np.float32)
-    shrink_x, shrink_y = (width - 1) / width, (height - 1) / height
-    for i, (x1, y1, x2, y2) in enumerate(boxes):
-        matrix = np.array([[(x2 - x1) * shrink_x / (size - 1), 0.0, x1 * shrink_x],
-                           [0.0, (y2 - y1) * shrink_y / (size - 1), y1 * shrink_y]])
-        patches[i] = cv2.warpAffine(normalized, matrix, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=(0.0, 0.0, 0.0))
-    return patches
+    per_call = (MAX_SIDE - 1) // size  # OpenCV's remap takes images under 2^15 px a side
+    if len(boxes) > per_call:
+        return np.concatenate([extract_patches(image, boxes[i:i + per_call], size, scratch)
+                               for i in range(0, len(boxes), per_call)])
+    height, width = image.shape[:2]
+    steps = np.arange(size) / (size - 1)
+    xs = (boxes[:, 0:1] + steps * (boxes[:, 2:3] - boxes[:, 0:1])) * ((width - 1) / width)  # (N, size)
+    ys = (boxes[:, 1:2] + steps * (boxes[:, 3:4] - boxes[:, 1:2])) * ((height - 1) / height)
+    # The pixels any sample reads: its floor and the next one, within the image.
+    left = int(min(max(np.floor(xs.min()), 0), width - 1))
+    right = int(min(max(np.floor(xs.max()) + 2, left + 1), width))
+    top = int(min(max(np.floor(ys.min()), 0), height - 1))
+    bottom = int(min(max(np.floor(ys.max()) + 2, top + 1), height))
+    pixels = image[top:bottom, left:right]
+    region = (scratch or Scratch()).array("region", pixels.shape, np.float32)
+    region[...] = pixels
+    count = len(boxes)
+    map_x = np.broadcast_to((xs - left).astype(np.float32)[:, None, :], (count, size, size)).reshape(-1, size)
+    map_y = np.broadcast_to((ys - top).astype(np.float32)[:, :, None], (count, size, size)).reshape(-1, size)
+    patches = cv2.remap(region, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=(MID_GREY, MID_GREY, MID_GREY))
+    return normalize(patches.reshape(count, size, size, 3))
 
 
-class Halvings:
-    """The normalized frame, then copies of it halved again and again by exact 2x2 box averages.
+def _area_edges(source: int, target: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the target's pixel edges fall in the source, as an integer index and the fraction beyond it."""
+    edges = np.arange(target + 1) * (source / target)
+    index = np.minimum(np.floor(edges).astype(np.intp), source - 1)
+    return index, edges - index
 
-    Every value of a halving is a sum of 4^k pixels, so it is computed in uint16 by OpenCV's
-    integer 2x2 area resize (3-5x faster than the float32 one on the normalized frame) and
-    normalized afterwards: (sum / 4^k - 127.5) / 128 takes few enough bits that float32 holds
-    it exactly, so the result is bit-identical to halving the normalized frame in float32
-    (both are exact; tests/test_detector.py checks it). OpenCV rounds its integer average,
-    (a + b + c + d + 2) >> 2, so the sums are kept shifted left by 2 bits before each halving:
-    ((4a + 4b + 4c + 4d + 2) >> 2) = a + b + c + d. Odd sizes (no exact 2x2 cells) and halvings
-    beyond EXACT_HALVINGS fall back to the float32 resize.
+
+@functools.lru_cache(maxsize=16)  # a camera asks for the same few levels every frame
+def _corner_taps(frame_width: int, frame_height: int, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into a frame's (H + 1, W + 1, 3) integral image of the four entries around each
+    corner of a width x height level's pixels, channel-major so that the bilinear weights
+    broadcast over leading axes, (4, 3, h + 1, w + 1); and those weights, (4, 1, h + 1, w + 1)."""
+    rows, fy = _area_edges(frame_height, height)
+    cols, fx = _area_edges(frame_width, width)
+    stride = 3 * (frame_width + 1)
+    base = (rows * stride)[:, None] + (cols * 3)[None, :]
+    neighbours = np.array([0, 3, stride, stride + 3])[:, None, None, None] + np.arange(3)[None, :, None, None]
+    indices = base + neighbours
+    wy, wx = np.stack([1 - fy, fy])[:, :, None], np.stack([1 - fx, fx])[:, None, :]
+    weights = np.stack([wy[0] * wx[0], wy[0] * wx[1], wy[1] * wx[0], wy[1] * wx[1]])[:, None]
+    indices.flags.writeable = weights.flags.writeable = False
+    return indices, weights
+
+
+class AreaPyramid:
+    """Pyramid levels of one frame, each the exact area average of the frame's pixels.
+
+    This is what OpenCV's INTER_AREA and TensorFlow's area resize compute, and what mtcnn 1.0.0
+    feeds P-net: every level averaged from the full frame (building a level from the previous
+    one compounds resampling error and changes P-net's proposals). OpenCV's area resize reads the
+    whole frame for every level (~0.7-0.9 ms at 640x480 on one thread, however small the level).
+    A small level is instead read off the frame's integral image (~0.25 ms, once per frame) at
+    its pixel corners: the integral of a piecewise-constant image is bilinear within each pixel,
+    so bilinear interpolation between integral-image entries gives the exact sum over a box with
+    fractional edges, and the level costs a few operations per output pixel (~0.15 ms for 96x72).
+    Large levels, and frames whose integral would not fit int32, still go through OpenCV.
     """
 
-    def __init__(self, image: np.ndarray, normalized: np.ndarray) -> None:
-        self.levels = [normalized]
-        self._image = image
-        self._sums: np.ndarray | None = None  # sums of 4^k pixels of levels[k], k = len(levels) - 1
+    # A level of at most this fraction of the frame's area is cheaper off the integral image
+    # (~25 ns per level pixel against ~2.3 ns per frame pixel for OpenCV's resize).
+    SMALL_LEVEL = 1 / 12
 
-    def halve(self) -> np.ndarray:
-        last, k = self.levels[-1], len(self.levels)
-        height, width = last.shape[:2]
-        size = (width // 2, height // 2)
-        if k == 1:
-            self._sums = self._image.astype(np.uint16)
-        if self._sums is not None and k <= EXACT_HALVINGS and height % 2 == 0 and width % 2 == 0:
-            self._sums <<= 2
-            self._sums = cv2.resize(self._sums, size, interpolation=cv2.INTER_AREA)
-            half = self._sums.astype(np.float32)
-            half *= np.float32(1.0 / (128 * 4**k))
-            half -= np.float32(127.5 / 128)
-        else:
-            self._sums = None
-            half = cv2.resize(last, size, interpolation=cv2.INTER_AREA)
-        self.levels.append(half)
-        return half
+    def __init__(self, image: np.ndarray, scratch: Scratch | None = None) -> None:
+        self.image = image
+        self.height, self.width = image.shape[:2]
+        self._scratch = scratch or Scratch()
+        self._integral: np.ndarray | None = None
+        self._normalized: np.ndarray | None = None
+
+    def level(self, width: int, height: int) -> np.ndarray:
+        """The frame area-averaged to width x height (no larger than the frame), normalized for the nets."""
+        if not (0 < width <= self.width and 0 < height <= self.height):
+            raise ValueError(f"an area level must be within the frame's {self.width}x{self.height}, "
+                             f"got {width}x{height}")
+        frame_pixels = self.width * self.height
+        if frame_pixels > INT32_INTEGRAL_MAX_PIXELS or width * height > self.SMALL_LEVEL * frame_pixels:
+            if self._normalized is None:
+                normalized = self._scratch.array("normalized", self.image.shape, np.float32)
+                normalized[...] = self.image
+                normalized -= MID_GREY
+                normalized *= 1.0 / 128.0
+                self._normalized = normalized
+            return cv2.resize(self._normalized, (width, height), interpolation=cv2.INTER_AREA)
+        if self._integral is None:
+            integral = self._scratch.array("integral", (self.height + 1, self.width + 1, 3), np.int32)
+            integral = cv2.integral(self.image, sum=integral, sdepth=cv2.CV_32S)
+            self._integral = integral.reshape(-1)  # (H + 1, W + 1, 3) flat
+        # Taps of camera-sized levels are kept between frames; a photo's large levels would hold
+        # tens of MB each in the cache, so theirs are built for the call.
+        taps = _corner_taps if width * height <= CACHED_LEVEL_PIXELS else _corner_taps.__wrapped__
+        indices, weights = taps(self.width, self.height, width, height)
+        corners = np.take(self._integral, indices).astype(np.float64)
+        corners *= weights
+        integral = corners[0] + corners[1] + corners[2] + corners[3]  # (3, h + 1, w + 1)
+        sums = integral[:, 1:, 1:] - integral[:, 1:, :-1] - integral[:, :-1, 1:] + integral[:, :-1, :-1]
+        mean = sums.transpose(1, 2, 0) * (width * height / frame_pixels)
+        return ((mean - MID_GREY) * (1.0 / 128.0)).astype(np.float32)
 
 
 def check_image(image: object) -> np.ndarray:
@@ -353,6 +450,9 @@ def check_image(image: object) -> np.ndarray:
         raise ImageError(f"image must have shape (H, W, 3) (RGB), got {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageError(f"image is empty (shape {image.shape})")
+    if max(image.shape[:2]) >= MAX_SIDE:
+        raise ImageError(f"image is {image.shape[1]}x{image.shape[0]} px; the detector takes under {MAX_SIDE} px "
+                         f"a side (scale it down first)")
     return image
 
 
@@ -391,6 +491,7 @@ class FaceDetector:
                              f"rebuild with `make models`")
         self.min_face_size = int(min_face_size)
         self.thresholds = thresholds
+        self._scratch = Scratch()
         self.scale_factor = float(scale_factor)
         paths = {key: self.models_dir / name for key, name in manifest["nets"].items()}
         if self.backend == "litert":
@@ -440,13 +541,12 @@ class FaceDetector:
     def _detect(self, image: np.ndarray) -> list[Face]:
         image = check_image(image)
         height, width = image.shape[:2]
-        normalized = normalize(image)
-        boxes = self._propose(image, normalized)
+        boxes = self._propose(image)
         if len(boxes):
-            boxes = self._refine(normalized, boxes)
+            boxes = self._refine(image, boxes)
         if not len(boxes):
             return []
-        boxes, scores, landmarks = self._output(normalized, boxes)
+        boxes, scores, landmarks = self._output(image, boxes)
         faces = []
         for (x1, y1, x2, y2), score, points in zip(boxes, scores, landmarks, strict=True):
             x1, y1 = max(float(x1), 0.0), max(float(y1), 0.0)
@@ -457,53 +557,45 @@ class FaceDetector:
         faces.sort(key=lambda face: face.box[2] * face.box[3], reverse=True)
         return faces
 
-    def _propose(self, image: np.ndarray, normalized: np.ndarray) -> np.ndarray:
+    def _propose(self, image: np.ndarray) -> np.ndarray:
         """Stage 1: P-net over the pyramid -> square candidate boxes (x1, y1, x2, y2)."""
-        height, width = normalized.shape[:2]
-        found_boxes, found_scores = [], []
-        # Every level is area-averaged from the frame, as mtcnn 1.0.0 does. Building each level from
-        # the previous one is ~10 ms cheaper at 640x480 but compounds resampling error and changes
-        # P-net's proposals enough to find different (and occasionally false) faces. Instead, a
-        # level is area-averaged from a halved, quartered, ... copy of the frame (exact 2x2 box
-        # averages) that is still at least PYRAMID_SOURCE_RATIO times the level's size: its pixels
-        # differ from the direct resize by ~0.3 grey levels on average (docs/detector.md).
-        halvings = Halvings(image, normalized)
-        for scale in pyramid_scales(height, width, self.min_face_size, self.scale_factor):
+        height, width = image.shape[:2]
+        cells, found_offsets, found_scores = [], [], []
+        pyramid = AreaPyramid(image, self._scratch)
+        for level, scale in enumerate(pyramid_scales(height, width, self.min_face_size, self.scale_factor)):
             size = (max(int(width * scale), PNET_CELL), max(int(height * scale), PNET_CELL))
-            if scale >= 1:
-                scaled = cv2.resize(normalized, size, interpolation=cv2.INTER_LINEAR)
-            else:
-                while halvings.levels[-1].shape[1] / 2 >= PYRAMID_SOURCE_RATIO * size[0] \
-                        and halvings.levels[-1].shape[0] / 2 >= PYRAMID_SOURCE_RATIO * size[1]:
-                    halvings.halve()
-                source = next((h for h in reversed(halvings.levels)
-                               if h.shape[1] >= PYRAMID_SOURCE_RATIO * size[0]
-                               and h.shape[0] >= PYRAMID_SOURCE_RATIO * size[1]), normalized)
-                scaled = cv2.resize(source, size, interpolation=cv2.INTER_AREA)
+            if size[0] <= width and size[1] <= height:
+                scaled = pyramid.level(*size)
+            else:  # an image smaller than P-net's window: enlarged once
+                scaled = cv2.resize(normalize(image), size, interpolation=cv2.INTER_LINEAR)
             offsets, prob = self._nets.pnet(scaled)
             rows, cols = np.nonzero(prob > self.thresholds[0])
-            if not rows.size:
-                continue
-            # Window of each output cell in the scaled image, mapped back to the original one. The
-            # corners follow the 1-based inclusive convention the nets were trained with (pixels
-            # 2c+1 .. 2c+12, so the regression unit is 11 px); with 0-based, 12 px wide windows
-            # the proposals come out ~9% larger than mtcnn 1.0.0's and the cascade drifts.
-            windows = np.stack([cols * PNET_STRIDE + 1, rows * PNET_STRIDE + 1,
-                                cols * PNET_STRIDE + PNET_CELL, rows * PNET_STRIDE + PNET_CELL], axis=1) / scale
-            boxes = apply_offsets(windows, offsets[rows, cols])
-            scores = prob[rows, cols]
-            keep = nms(boxes, scores, NMS_PNET_SCALE)
-            found_boxes.append(boxes[keep])
-            found_scores.append(scores[keep])
-        if not found_boxes:
+            if rows.size:
+                cells.append((rows, cols, np.full(rows.size, scale), np.full(rows.size, level)))
+                found_offsets.append(offsets[rows, cols])
+                found_scores.append(prob[rows, cols])
+        if not cells:
             return np.empty((0, 4))
-        boxes, scores = np.concatenate(found_boxes), np.concatenate(found_scores)
+        rows, cols, scales, levels = (np.concatenate(parts) for parts in zip(*cells, strict=True))
+        scores = np.concatenate(found_scores)
+        # Window of each output cell in the scaled image, mapped back to the original one. The
+        # corners follow the 1-based inclusive convention the nets were trained with (pixels
+        # 2c+1 .. 2c+12, so the regression unit is 11 px); with 0-based, 12 px wide windows the
+        # proposals come out ~9% larger than mtcnn 1.0.0's and the cascade drifts.
+        windows = np.stack([cols * PNET_STRIDE + 1, rows * PNET_STRIDE + 1,
+                            cols * PNET_STRIDE + PNET_CELL, rows * PNET_STRIDE + PNET_CELL], axis=1) / scales[:, None]
+        boxes = apply_offsets(windows, np.concatenate(found_offsets))
+        # NMS within each level, then across levels; the survivors stay in level order, best
+        # first within a level, as one NMS call per level would leave them.
+        keep = nms(boxes, scores, NMS_PNET_SCALE, groups=levels)
+        keep = keep[np.argsort(levels[keep], kind="stable")]
+        boxes, scores = boxes[keep], scores[keep]
         keep = nms(boxes, scores, NMS_PNET_ALL)
         return square(boxes[keep])
 
-    def _refine(self, normalized: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    def _refine(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         """Stage 2: R-net rejects most candidates and tightens the rest."""
-        offsets, prob = self._nets.rnet(extract_patches(normalized, boxes, RNET_SIZE))
+        offsets, prob = self._nets.rnet(extract_patches(image, boxes, RNET_SIZE, self._scratch))
         passed = prob > self.thresholds[1]
         boxes, offsets, prob = boxes[passed], offsets[passed], prob[passed]
         if not len(boxes):
@@ -512,9 +604,9 @@ class FaceDetector:
         keep = nms(boxes, prob, NMS_RNET)
         return square(boxes[keep])
 
-    def _output(self, normalized: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _output(self, image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Stage 3: O-net scores, final boxes and landmarks (landmarks relative to the O-net input box)."""
-        offsets, points, prob = self._nets.onet(extract_patches(normalized, boxes, ONET_SIZE))
+        offsets, points, prob = self._nets.onet(extract_patches(image, boxes, ONET_SIZE, self._scratch))
         passed = prob > self.thresholds[2]
         boxes, offsets, points, prob = boxes[passed], offsets[passed], points[passed], prob[passed]
         if not len(boxes):

@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tools import convert_mtcnn
@@ -73,3 +74,9 @@ def test_litert_build_loads_with_dynamic_pnet(tmp_path: Path) -> None:
     for name in ("rnet", "onet"):
         interpreter, _ = load_interpreter(out / f"{name}.tflite")
         assert interpreter.get_input_details()[0]["shape_signature"][0] == -1
+    # O-net alone carries int8 weights (quantizing P- or R-net cost agreement with the package).
+    assert manifest["int8_weights"] == ["onet"]
+    for name in ("pnet", "rnet", "onet"):
+        interpreter, _ = load_interpreter(out / f"{name}.tflite")
+        has_int8 = any(d["dtype"] == np.int8 for d in interpreter.get_tensor_details())
+        assert has_int8 == (name == "onet"), name

@@ -18,11 +18,14 @@ import numpy as np
 import pytest
 
 from edge.detector import (
+    INT32_INTEGRAL_MAX_PIXELS,
+    AreaPyramid,
     Face,
     FaceDetector,
-    Halvings,
+    Scratch,
     apply_offsets,
     check_image,
+    extract_patches,
     iou_matrix,
     nms,
     normalize,
@@ -109,25 +112,106 @@ def test_nms_keeps_best_of_overlapping_and_separate_boxes() -> None:
     assert nms(np.empty((0, 4)), np.empty(0), 0.5).tolist() == []
 
 
-@pytest.mark.parametrize("shape", [(480, 640, 3), (482, 646, 3), (37, 52, 3), (2000, 3000, 3)])
+@pytest.mark.parametrize("count", [40, 700])  # one block, and more boxes than a block holds
+def test_grouped_nms_equals_one_call_per_group(count: int) -> None:
+    # The pyramid's per-level NMS runs as one grouped call; it must keep exactly what separate
+    # calls per level keep. Boxes are crowded so that many overlap within and across groups.
+    rng = np.random.default_rng(count)
+    corners = rng.uniform(0, 100, size=(count, 2))
+    boxes = np.concatenate([corners, corners + rng.uniform(10, 40, size=(count, 2))], axis=1)
+    scores = rng.permutation(count) / count
+    groups = rng.integers(0, 5, size=count)
+    expected = set()
+    for group in range(5):
+        index = np.flatnonzero(groups == group)
+        expected |= set(index[nms(boxes[index], scores[index], 0.5)].tolist())
+    kept = nms(boxes, scores, 0.5, groups=groups, block=512)
+    assert set(kept.tolist()) == expected and len(kept) == len(expected)
+    assert np.all(np.diff(scores[kept]) <= 0), "best score first"
+    assert len(nms(boxes, scores, 0.5)) < len(kept), "without groups, boxes of other groups suppress too"
+
+
+@pytest.mark.parametrize("shape", [(480, 640, 3), (482, 646, 3), (37, 52, 3), (3000, 3000, 3)])
 @pytest.mark.parametrize("fill", ["random", 0, 255])
-def test_integer_halvings_equal_float_area_resizes_bit_for_bit(shape: tuple[int, int, int], fill: object) -> None:
-    # The pyramid's halvings are computed from uint16 pixel sums for speed; they must be exactly
-    # what cv2.INTER_AREA gives on the normalized float32 frame, including past EXACT_HALVINGS
-    # and for odd sizes, where they fall back to it.
+def test_area_pyramid_levels_equal_opencv_area_resizes(shape: tuple[int, int, int], fill: object) -> None:
+    # Every level is read off one integral image; it must be what cv2.INTER_AREA gives on the
+    # normalized frame (in float64: float32 sums drift by ~5e-4 over a whole frame), for the
+    # pyramid's fractional ratios, exact halvings, the frame itself and odd sizes, and past 8.4
+    # megapixels (3000x3000), where the integral switches to float64.
     rng = np.random.default_rng(7)
     image = rng.integers(0, 256, size=shape, dtype=np.uint8) if fill == "random" else np.full(shape, fill, np.uint8)
-    normalized = normalize(image)
-    halvings, expected = Halvings(image, normalized), normalized
-    for _ in range(7):
-        if min(expected.shape[:2]) < 4:
-            break
-        expected = cv2.resize(expected, (expected.shape[1] // 2, expected.shape[0] // 2),
-                              interpolation=cv2.INTER_AREA)
-        got = halvings.halve()
+    before = image.copy()
+    pyramid, normalized = AreaPyramid(image), normalize(image)
+    height, width = shape[:2]
+    sizes = {(width, height), (width // 2, height // 2), (max(int(width * 0.15), 1), max(int(height * 0.15), 1)),
+             (max(width // 7, 1), max(height // 3, 1)), (13, 12), (12, 12)}
+    # Past the int32 limit the levels come from OpenCV's float32 resize, whose sums drift.
+    tolerance = 2e-6 if height * width <= INT32_INTEGRAL_MAX_PIXELS else 2e-4
+    for size in sizes:
+        got = pyramid.level(*size)
+        expected = cv2.resize(normalized.astype(np.float64), size, interpolation=cv2.INTER_AREA)
         assert got.dtype == np.float32 and got.shape == expected.shape
-        assert np.array_equal(got, expected)
-    assert np.array_equal(normalize(image), normalized), "the frame must not be modified"
+        np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance, err_msg=f"level {size}")
+    assert np.array_equal(image, before), "the frame must not be modified"
+    with pytest.raises(ValueError, match="within the frame"):
+        pyramid.level(width + 1, height)
+
+
+def bilinear(image: np.ndarray, x: float, y: float) -> np.ndarray:
+    """One bilinear sample, mid-grey for neighbours outside the image: the definition, pixel by pixel."""
+    x0, y0 = int(np.floor(x)), int(np.floor(y))
+    value = np.zeros(3)
+    for dy, wy in ((0, 1 - (y - y0)), (1, y - y0)):
+        for dx, wx in ((0, 1 - (x - x0)), (1, x - x0)):
+            row, col = y0 + dy, x0 + dx
+            inside = 0 <= row < image.shape[0] and 0 <= col < image.shape[1]
+            value += wy * wx * (image[row, col] if inside else 127.5)
+    return (value - 127.5) / 128
+
+
+def test_patches_sample_each_box_corner_to_corner() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, size=(60, 80, 3), dtype=np.uint8)
+    # Inside, across the top-left and bottom-right borders, and a sub-pixel box.
+    boxes = np.array([[10.3, 20.7, 40.2, 50.6], [-12.0, -5.0, 20.0, 27.0], [70.5, 50.25, 95.0, 75.0],
+                      [30.5, 30.5, 31.5, 31.5]])
+    size = 24
+    patches = extract_patches(image, boxes, size)
+    assert patches.shape == (4, size, size, 3) and patches.dtype == np.float32
+    shrink_x, shrink_y = 79 / 80, 59 / 60
+    for n, (x1, y1, x2, y2) in enumerate(boxes):
+        for v, u in ((0, 0), (0, size - 1), (size - 1, 0), (size - 1, size - 1), (7, 16), (12, 3)):
+            x = (x1 + u * (x2 - x1) / (size - 1)) * shrink_x
+            y = (y1 + v * (y2 - y1) / (size - 1)) * shrink_y
+            np.testing.assert_allclose(patches[n, v, u], bilinear(image, x, y), atol=1e-4,
+                                       err_msg=f"box {n}, patch pixel ({u}, {v})")
+    # More patches than one remap can hold come out the same, in order.
+    many = np.repeat(boxes, 400, axis=0)
+    np.testing.assert_array_equal(extract_patches(image, many, size)[::400], patches)
+
+
+def test_scratch_reuses_memory_and_keeps_large_photos_out() -> None:
+    scratch = Scratch()
+    first = scratch.array("integral", (481, 641, 3), np.int32)
+    again = scratch.array("integral", (241, 321, 3), np.int32)  # a smaller frame: the same memory
+    assert np.shares_memory(first, again) and again.shape == (241, 321, 3)
+    assert not np.shares_memory(first, scratch.array("normalized", (480, 640, 3), np.float32))
+    huge = scratch.array("integral", (4001, 3001, 3), np.int32)  # 144 MB: fresh, not kept
+    assert huge.shape == (4001, 3001, 3)
+    assert np.shares_memory(first, scratch.array("integral", (481, 641, 3), np.int32))
+
+
+def test_frames_of_changing_sizes_detect_as_a_fresh_detector_does(mtcnn_dir: Path,
+                                                                   fr_images: dict[str, Path]) -> None:
+    # One detector reuses its buffers across frames; a small frame after a large one (stale
+    # pixels past its end) and the large one again must give what a new detector gives.
+    reused = FaceDetector(mtcnn_dir, min_face_size=40)
+    photos = [load_image(fr_images[name]) for name in ("obama", "biden")]
+    frames = [photos[0], cv2.resize(photos[1], (photos[1].shape[1] // 2, photos[1].shape[0] // 2)), photos[0]]
+    for frame in frames:
+        got = reused.detect(frame)
+        expected = FaceDetector(mtcnn_dir, min_face_size=40).detect(frame)
+        assert [f.box for f in got] == [f.box for f in expected] and got
 
 
 def test_box_helpers() -> None:
@@ -145,6 +229,7 @@ def test_box_helpers() -> None:
     (np.zeros((10, 10), np.uint8), "(H, W, 3)"),
     (np.zeros((10, 10, 4), np.uint8), "(H, W, 3)"),
     (np.zeros((0, 10, 3), np.uint8), "empty"),
+    (np.zeros((2, 40000, 3), np.uint8), "under 32767 px a side"),
 ])
 def test_bad_images_are_refused_clearly(image: object, words: str) -> None:
     with pytest.raises(ImageError, match=words.replace("(", r"\(").replace(")", r"\)")):

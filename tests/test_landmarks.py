@@ -119,9 +119,13 @@ def test_mesh_agrees_with_mtcnn_on_several_people(landmarker: FaceLandmarker, fr
             < p[EYE_RIGHT_INNER, 0] < p[EYE_RIGHT_OUTER, 0] < p[CHEEK_RIGHT, 0], name
         assert p[FOREHEAD, 1] < p[EYE_LEFT_INNER, 1] < p[NOSE_TIP, 1] < p[CHIN, 1], name
         assert p[NOSE_TIP, 2] < np.median(p[:, 2]), name  # the nose tip is nearer the camera
-        # The iris model's lids lie on the mesh's lids (same contour order).
+        # The iris model's lids lie on the mesh's lids (same contour order; a contour out of order
+        # puts points on the other lid, a third of the inter-eye distance away or more). How close
+        # the two models' lids come depends on the photo and on the crop MTCNN's landmarks give:
+        # mean 0.064-0.13 on the four face_recognition photos, obama.jpg 0.096 with a float O-net
+        # and 0.101 with its int8 weights.
         lid_error = np.linalg.norm(mesh.eyelids - p[EYELID_CONTOUR, :2], axis=-1) / scale
-        assert lid_error.mean() < 0.1 and lid_error.max() < 0.25, (name, lid_error.mean(), lid_error.max())
+        assert lid_error.mean() < 0.12 and lid_error.max() < 0.25, (name, lid_error.mean(), lid_error.max())
 
 
 def test_eyelid_opening_is_open_eye_range(landmarks_dir: Path, landmarker: FaceLandmarker, frontal) -> None:

@@ -84,7 +84,9 @@ def detector_identity(mtcnn_dir: Path | None) -> str:
     if directory is None:
         return "mtcnn-pypi"
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+    # The code that runs the nets counts as much as the nets: a pyramid change moves the crops.
+    for path in [Path(__file__).resolve().parent.parent / "edge" / "detector.py",
+                 *sorted(p for p in directory.rglob("*") if p.is_file())]:
         digest.update(path.name.encode() + hashlib.sha256(path.read_bytes()).digest())
     return f"edge.detector:{digest.hexdigest()[:16]}"
 
