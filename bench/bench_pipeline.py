@@ -1,16 +1,20 @@
 """One camera frame through the whole recognition core, and enrollment throughput.
 
     python bench/bench_pipeline.py [--runs 50] [--rounds 1] [--people 10000] [--min-face 40 80] [--json OUT]
+    python bench/bench_pipeline.py --min-face 80 --people 100 10000 --rounds 10   # a door's gallery and a huge one
 
 Frame: 640x480, one real face of >= 80 px (the centre of
 ../shared/faces/hard_cases/resolution_ladder/ageitgey__obama-480p.jpg, or the face_recognition
 test photo obama.jpg scaled to 640x480 when ../shared is missing). One thread for every network,
 for BLAS and for OpenCV. Per run: detect + crop + embed + match against a gallery of --people enrolled people
 (one real, the rest random unit vectors, as matching cost depends only on the count); median and
-p90 per stage and in total. With --rounds K the --runs are repeated K times and the round with the
-lowest total median is reported (the quietest one on a shared machine; all rounds' totals are in
-the JSON). Then the time to enroll --enroll photos of ../shared/faces/people
-through tools/enroll.py's code path (detect, quality gates, enrollment views, gallery write).
+p90 per stage and in total. Several --people values give one row each: a gallery's 2 KB per
+person stays in the CPU cache beside FaceNet's 24 MB of weights at a door's scale, not at 10,000
+people, so the size changes every stage's time, not only the match's. With --rounds K the
+--runs are repeated K times and the round with the lowest total median is reported (the quietest
+one on a shared machine; all rounds' totals are in the JSON). Then the time to enroll --enroll
+photos of ../shared/faces/people through tools/enroll.py's code path (detect, quality gates,
+enrollment views, gallery write).
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ def bench_frame(min_face: int, runs: int, people: int, workdir: Path, rounds: in
     faces = detector.detect(frame)
     if not faces:
         raise SystemExit("no face found in the test frame")
-    gallery_path = workdir / f"gallery-{min_face}.db"
+    gallery_path = workdir / f"gallery-{min_face}-{people}.db"
     fill_gallery(gallery_path, embedder.model_id, probe.enrollment_embedding(frame, faces[0])[None, :], people)
     gallery = Gallery(gallery_path, embedder.model_id, readonly=True)
     recognizer = Recognizer(detector, embedder, gallery)
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=1, help="repeat the runs; report the quietest round")
-    parser.add_argument("--people", type=int, default=10000)
+    parser.add_argument("--people", type=int, nargs="+", default=[10000])
     parser.add_argument("--min-face", type=int, nargs="+", default=[40, 80])
     parser.add_argument("--enroll", type=int, default=100, help="photos to enroll (0: skip)")
     parser.add_argument("--json", type=Path)
@@ -161,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": f"{cpu}, {os.cpu_count()} CPUs", "load_average": os.getloadavg()[0],
               "python": platform.python_version(), "frames": [], "enroll": None}
     with tempfile.TemporaryDirectory() as tmp:
-        for min_face in args.min_face:
-            row = bench_frame(min_face, args.runs, args.people, Path(tmp), max(args.rounds, 1))
+        for min_face, people in ((m, p) for m in args.min_face for p in args.people):
+            row = bench_frame(min_face, args.runs, people, Path(tmp), max(args.rounds, 1))
             report["frames"].append(row)
             print(f"min_face_size {min_face:3d}: total {row['total']['median_ms']:.1f} ms median "
                   f"(p90 {row['total']['p90_ms']:.1f}) = detect {row['detect']['median_ms']:.1f} + crop "
