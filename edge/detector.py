@@ -295,12 +295,16 @@ def square(boxes: np.ndarray) -> np.ndarray:
     return np.stack([x1, y1, x1 + side, y1 + side], axis=1)
 
 
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 (or raw float) RGB -> float32 (x - 127.5) / 128, the input scale of all three nets."""
-    normalized = image.astype(np.float32)
-    normalized -= MID_GREY
-    normalized *= 1.0 / 128.0
-    return normalized
+def normalize(image: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 (or raw float) RGB -> float32 (x - 127.5) / 128, the input scale of all three nets;
+    into `out` (float32, the image's shape) when given."""
+    if out is None:
+        out = image.astype(np.float32)
+    else:
+        out[...] = image
+    out -= MID_GREY
+    out *= 1.0 / 128.0
+    return out
 
 
 class Scratch(threading.local):
@@ -418,11 +422,8 @@ class AreaPyramid:
         frame_pixels = self.width * self.height
         if frame_pixels > INT32_INTEGRAL_MAX_PIXELS or width * height > self.SMALL_LEVEL * frame_pixels:
             if self._normalized is None:
-                normalized = self._scratch.array("normalized", self.image.shape, np.float32)
-                normalized[...] = self.image
-                normalized -= MID_GREY
-                normalized *= 1.0 / 128.0
-                self._normalized = normalized
+                self._normalized = normalize(self.image, self._scratch.array("normalized", self.image.shape,
+                                                                             np.float32))
             return cv2.resize(self._normalized, (width, height), interpolation=cv2.INTER_AREA)
         if self._integral is None:
             integral = self._scratch.array("integral", (self.height + 1, self.width + 1, 3), np.int32)
