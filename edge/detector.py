@@ -435,8 +435,8 @@ class AreaPyramid:
         indices, weights = taps(self.width, self.height, width, height)
         corners = np.take(self._integral, indices).astype(np.float64)
         corners *= weights
-        integral = corners[0] + corners[1] + corners[2] + corners[3]  # (3, h + 1, w + 1)
-        sums = integral[:, 1:, 1:] - integral[:, 1:, :-1] - integral[:, :-1, 1:] + integral[:, :-1, :-1]
+        at_corners = corners[0] + corners[1] + corners[2] + corners[3]  # the integral there, (3, h + 1, w + 1)
+        sums = at_corners[:, 1:, 1:] - at_corners[:, 1:, :-1] - at_corners[:, :-1, 1:] + at_corners[:, :-1, :-1]
         mean = sums.transpose(1, 2, 0) * (width * height / frame_pixels)
         return ((mean - MID_GREY) * (1.0 / 128.0)).astype(np.float32)
 

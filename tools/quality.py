@@ -25,6 +25,7 @@ from edge.crop import CropSpec, face_crop
 from edge.errors import EdgeError, ImageError, ModelError
 from edge.images import IMAGE_SUFFIXES, load_image
 
+REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("EDGE_FACE_CACHE", Path.home() / ".cache" / "edge-face"))
 TARGET_FAR = 1e-3
 
@@ -58,7 +59,7 @@ def folder_digest(photos: list[Path], spec: CropSpec, detector: str) -> str:
     """Key for cached crops: every photo's relative name and bytes, the crop spec, the detector, and
     the source of the code that detects and crops (a change there must not reuse stale crops)."""
     digest = hashlib.sha256(f"{spec}|{detector}".encode())
-    edge_dir = Path(__file__).resolve().parent.parent / "edge"
+    edge_dir = REPO / "edge"
     for module in ("crop.py", "detector.py", "images.py"):
         if (edge_dir / module).is_file():
             digest.update(hashlib.sha256((edge_dir / module).read_bytes()).digest())
@@ -72,7 +73,7 @@ def _edge_detector_dir(mtcnn_dir: Path | None) -> Path | None:
     """The MTCNN folder edge.detector would use, if that module exists and the folder holds files."""
     import importlib.util
 
-    directory = Path(mtcnn_dir) if mtcnn_dir else Path(__file__).resolve().parent.parent / "models" / "mtcnn"
+    directory = Path(mtcnn_dir) if mtcnn_dir else REPO / "models" / "mtcnn"
     if importlib.util.find_spec("edge.detector") is None or not directory.is_dir() or not any(directory.iterdir()):
         return None
     return directory
@@ -85,7 +86,7 @@ def detector_identity(mtcnn_dir: Path | None) -> str:
         return "mtcnn-pypi"
     digest = hashlib.sha256()
     # The code that runs the nets counts as much as the nets: a pyramid change moves the crops.
-    for path in [Path(__file__).resolve().parent.parent / "edge" / "detector.py",
+    for path in [REPO / "edge" / "detector.py",
                  *sorted(p for p in directory.rglob("*") if p.is_file())]:
         digest.update(path.name.encode() + hashlib.sha256(path.read_bytes()).digest())
     return f"edge.detector:{digest.hexdigest()[:16]}"
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     study = sub.add_parser("int8-study", help="full-int8 variants against the float model on held-out people")
     study.add_argument("h5", type=Path)
-    study.add_argument("--faces", type=Path, default=Path(__file__).resolve().parent.parent.parent
+    study.add_argument("--faces", type=Path, default=REPO.parent
                        / "shared" / "faces" / "people")
     study.add_argument("--out", type=Path, default=CACHE / "int8_study")
     study.add_argument("--mtcnn-dir", type=Path, default=None)
